@@ -1,0 +1,91 @@
+"""Model shape and recurrence settings, and the named presets."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from parcae.config import check
+
+Injection = Literal["diagonal", "linear", "add", "none", "baseline"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A looped LM: prelude -> core looped `loops` times -> coda -> tied LM head."""
+
+    preset: str = "tiny"
+    """Name of the shape preset the other fields started from (recorded, not re-applied)."""
+    d_model: int = 64
+    """Residual width d."""
+    n_heads: int = 2
+    """Attention heads; d_model must divide evenly into them."""
+    prelude_layers: int = 1
+    """Non-shared blocks before the loop (0 allowed)."""
+    core_layers: int = 1
+    """Shared blocks k in the recurrent core."""
+    coda_layers: int = 1
+    """Non-shared blocks after the loop (0 allowed)."""
+    ffn_mult: int = 4
+    """FFN hidden width as a multiple of d_model."""
+    vocab_size: int = 256
+    """Token vocabulary; set from the data source when the run is built."""
+    injection: Injection = "diagonal"
+    """How the input is re-injected each loop step: diagonal (Parcae), linear, add, none,
+    or baseline (no loop: `loops` untied copies of the core run once)."""
+    loops: int = 4
+    """Mean training recurrence mu_rec (Poisson mean, or the fixed depth)."""
+    backprop_depth: int | None = None
+    """Loop steps with gradient mu_bwd; default ceil(loops / 2)."""
+    depth_sampling: Literal["poisson", "fixed"] = "poisson"
+    """poisson: T ~ Poisson(loops) per sequence, clamped >= 1; fixed: T = loops."""
+    normalize_injection: bool = True
+    """RMSNorm on the prelude output before it is injected."""
+    bound_b: bool = False
+    """Spectrally normalise B (||B||_2 = 1) in the diagonal injection."""
+    state_init: Literal["like-init", "zero"] = "like-init"
+    """h_0: truncated normal with std init_std redrawn each forward, or zeros."""
+    init_std: float = 0.02
+    """Std of weight init and of the like-init state."""
+    a_bar_init: float = 0.4472135954999579
+    """Initial decay A-bar in every channel (sqrt(1/5) as in the reference)."""
+    rope_base: float = 10000.0
+    """RoPE frequency base."""
+
+    def __post_init__(self) -> None:
+        check(self.d_model > 0, "d_model", "must be a positive integer")
+        check(self.n_heads > 0, "n_heads", "must be a positive integer")
+        check(self.d_model % self.n_heads == 0, "n_heads",
+              f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        check((self.d_model // self.n_heads) % 2 == 0, "n_heads",
+              "head dimension d_model/n_heads must be even for RoPE")
+        for key in ("prelude_layers", "coda_layers"):
+            check(getattr(self, key) >= 0, key, "must be 0 or more layers")
+        check(self.core_layers >= 1, "core_layers", "must be at least 1 layer")
+        check(self.ffn_mult >= 1, "ffn_mult", "must be at least 1")
+        check(self.vocab_size >= 2, "vocab_size", "must be at least 2")
+        check(self.loops >= 1, "loops", "must be at least 1")
+        check(self.backprop_depth is None or self.backprop_depth >= 1, "backprop_depth",
+              "must be at least 1 (or omitted for ceil(loops/2))")
+        check(0.0 < self.a_bar_init < 1.0, "a_bar_init", "must lie strictly between 0 and 1")
+        check(self.init_std > 0, "init_std", "must be positive")
+
+    @property
+    def mu_bwd(self) -> int:
+        return self.backprop_depth or math.ceil(self.loops / 2)
+
+    @property
+    def looped(self) -> bool:
+        return self.injection != "baseline"
+
+
+#: Shapes: (d_model, n_heads, prelude, core, coda). The reference sizes use head dim 128.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=64, n_heads=2, prelude_layers=1, core_layers=1, coda_layers=1),
+    "small": dict(d_model=128, n_heads=4, prelude_layers=1, core_layers=2, coda_layers=1),
+    "140m": dict(d_model=768, n_heads=6, prelude_layers=2, core_layers=2, coda_layers=2),
+    "370m": dict(d_model=1024, n_heads=8, prelude_layers=4, core_layers=4, coda_layers=4),
+    "770m": dict(d_model=1280, n_heads=10, prelude_layers=6, core_layers=6, coda_layers=6),
+    "1.3b": dict(d_model=1536, n_heads=12, prelude_layers=8, core_layers=8, coda_layers=8),
+}

@@ -1,0 +1,77 @@
+"""The looped LM: prelude -> recurrent core looped T times -> coda -> tied head (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from parcae.model.blocks import RMSNorm, Stack, rope_tables
+from parcae.model.config import ModelConfig
+from parcae.model.injection import build_injection
+
+
+class LoopedLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, h, f = cfg.d_model, cfg.n_heads, cfg.ffn_mult
+        core_layers = cfg.core_layers * (1 if cfg.looped else cfg.loops)  # baseline: untied
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.prelude = Stack(cfg.prelude_layers, d, h, f)
+        self.inject_norm = RMSNorm(d) if cfg.normalize_injection else nn.Identity()
+        self.injection = build_injection(cfg)
+        self.core = Stack(core_layers, d, h, f)
+        self.C = nn.Linear(d, d, bias=False)
+        self.coda = Stack(cfg.coda_layers, d, h, f)
+        self.norm = RMSNorm(d)
+        self.head_dim = d // h
+
+    def core_parameters(self) -> list[nn.Parameter]:
+        """Parameters applied once per loop step (counted per step in the compute accounting)."""
+        return list(self.core.parameters())
+
+    def encode(self, idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Injected input e = Norm(P(s)), the loop's initial state, and the RoPE tables."""
+        rope = rope_tables(idx.shape[1], self.head_dim, self.cfg.rope_base, idx.device)
+        e = self.inject_norm(self.prelude(self.embed(idx), rope))
+        h0 = torch.zeros_like(e)
+        if self.cfg.state_init == "like-init":
+            std = self.cfg.init_std
+            h0 = nn.init.trunc_normal_(h0, std=std, a=-3 * std, b=3 * std)
+        return e, self.injection.start(h0, e), rope
+
+    def step(self, h: Tensor, e: Tensor, rope: Tensor) -> Tensor:
+        """One loop step h_{t+1} = R(A-bar h_t + B-bar e)."""
+        return self.core(self.injection(h, e), rope)
+
+    def decode(self, h: Tensor, rope: Tensor) -> Tensor:
+        return nn.functional.linear(self.norm(self.coda(self.C(h), rope)), self.embed.weight)
+
+    def forward(self, idx: Tensor, steps: Tensor | int, grad_steps: int | None = None) -> Tensor:
+        """Logits after ``steps`` loop steps (an int, or one count per sequence).
+
+        Sequences of a batch are right-aligned so they all end on the last step: sequence i
+        waits until step T_max - T_i. Only the last ``grad_steps`` steps keep a graph
+        (truncated backprop); the earlier ones run without gradient.
+        """
+        e, h, rope = self.encode(idx)
+        steps = torch.as_tensor(steps, device=idx.device).expand(idx.shape[0])
+        total = int(steps.max())
+        grad_from = total - (total if grad_steps is None else min(grad_steps, total))
+        start = (total - steps).view(-1, 1, 1)
+        all_running = int(start.max())  # from here on no sequence is still waiting
+        for t in range(total):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and t >= grad_from):
+                h_next = self.step(h, e, rope)
+                h = h_next if t >= all_running else torch.where(t >= start, h_next, h)
+        return self.decode(h, rope)
+
+    @torch.no_grad()
+    def loop_states(self, idx: Tensor, steps: int) -> tuple[Tensor, list[Tensor]]:
+        """The injected input e and the states h_1..h_T of a fixed-depth pass (for monitors)."""
+        e, h, rope = self.encode(idx)
+        states = []
+        for _ in range(steps):
+            h = self.step(h, e, rope)
+            states.append(h)
+        return e, states

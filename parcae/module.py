@@ -1,0 +1,173 @@
+"""Training a looped LM as a LightningModule: depth sampling, optimizer, schedule."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from parcae.config import check
+from parcae.model import ModelConfig, build_model
+from parcae.model.blocks import RMSNorm
+from parcae.model.injection import Injection
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, budget and evaluation settings of one run."""
+
+    seed: int = 0
+    """Seed for weights, data order and depth sampling."""
+    lr: float = 3.0e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of the peak."""
+    warmup: float = 0.05
+    """Fraction of steps of linear warmup."""
+    cooldown: float = 0.2
+    """Fraction of steps of linear decay to min_lr_ratio at the end (warmup-stable-decay)."""
+    weight_decay: float = 0.1
+    """AdamW decay on matrices; injection parameters, norms and C are not decayed."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    tokens: int | None = None
+    """Training token budget D. Give this or `flops`; with neither, 150k tokens."""
+    flops: float | None = None
+    """Training FLOP budget C; tokens are derived from it via parcae.compute."""
+    val_every: int = 100
+    """Optimizer steps between validation passes."""
+    val_batches: int = 4
+    """Validation batches per pass (the same fixed batches every time)."""
+    test_time_loops: tuple[int, ...] | None = None
+    """Test-time loop counts evaluated at the end; default 1..2*loops."""
+    log_every: int = 10
+    """Optimizer steps between logged training metrics."""
+    device: Literal["auto", "cpu", "gpu"] = "auto"
+    """Where to train; auto takes a GPU when one is visible."""
+    threads: int | None = None
+    """torch intra-op threads on CPU (sweeps set one per trial's CPUs)."""
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", "must be positive")
+        check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
+        check(self.warmup >= 0 and self.cooldown >= 0 and self.warmup + self.cooldown <= 1,
+              "warmup", "warmup and cooldown are fractions in [0, 1] summing to at most 1")
+        check(self.tokens is None or self.flops is None, "tokens",
+              "give a token budget or a FLOP budget, not both")
+        check(self.tokens is None or self.tokens > 0, "tokens", "must be positive")
+        check(self.flops is None or self.flops > 0, "flops", "must be positive")
+        check(self.grad_clip >= 0, "grad_clip", "must be 0 (off) or positive")
+        for key in ("val_every", "val_batches", "log_every"):
+            check(getattr(self, key) >= 1, key, "must be at least 1")
+        check(self.threads is None or self.threads >= 1, "threads", "must be at least 1")
+        check(not self.test_time_loops or min(self.test_time_loops) >= 1, "test_time_loops",
+              "loop counts must be at least 1")
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    """Warmup-stable-decay multiplier of the peak learning rate."""
+    warm = max(1, round(cfg.warmup * total))
+    cool = round(cfg.cooldown * total)
+    if step < warm:
+        return (step + 1) / warm
+    if step >= total - cool:
+        frac = (total - step) / max(cool, 1)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * max(frac, 0.0)
+    return 1.0
+
+
+class DepthSampler:
+    """Per-sequence loop counts T ~ max(Poisson(loops), 1), or the fixed depth."""
+
+    def __init__(self, cfg: ModelConfig, seed: int) -> None:
+        self.cfg = cfg
+        self.gen = torch.Generator().manual_seed(seed + 1)
+
+    def __call__(self, batch: int) -> Tensor:
+        if not self.cfg.looped:
+            return torch.ones(batch, dtype=torch.long)
+        if self.cfg.depth_sampling == "fixed":
+            return torch.full((batch,), self.cfg.loops, dtype=torch.long)
+        rate = torch.full((batch,), float(self.cfg.loops))
+        return torch.poisson(rate, generator=self.gen).long().clamp_(min=1)
+
+
+def lm_loss(logits: Tensor, y: Tensor) -> Tensor:
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+
+
+def answer_accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Fraction of sequences whose every scored token is predicted exactly."""
+    scored = y != -100
+    right = (logits.argmax(-1) == y) | ~scored
+    return right.all(dim=1).float().mean()
+
+
+class LoopedLMModule(L.LightningModule):
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, total_steps: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.total_steps = total_steps
+        self.model = build_model(model_cfg)
+        self.depths = DepthSampler(model_cfg, cfg.seed)
+        self.last_grad_norm: float | None = None
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        steps = self.depths(x.shape[0]).to(x.device)
+        loss = lm_loss(self.model(x, steps, self.model.cfg.mu_bwd), y)
+        if self.global_step % self.cfg.log_every == 0:
+            self.log_dict({"train/loss": loss.detach(), "train/mean_depth": steps.float().mean(),
+                           "train/lr": self.lr_schedulers().get_last_lr()[0]}, on_step=True)
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x, self.model.cfg.loops if self.model.cfg.looped else 1)
+        self.log("val/loss", lm_loss(logits, y), on_epoch=True)
+        self.log("val/accuracy", answer_accuracy(logits, y), on_epoch=True)
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        clip = self.cfg.grad_clip or math.inf
+        self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), clip))
+        if self.global_step % self.cfg.log_every == 0:
+            self.log("train/grad_norm", self.last_grad_norm, on_step=True)
+
+    def configure_optimizers(self):
+        no_decay = {id(p) for m in self.model.modules() if isinstance(m, RMSNorm | Injection)
+                    for p in m.parameters()}
+        no_decay.add(id(self.model.C.weight))
+        params = list(self.model.parameters())
+        groups = [
+            {"params": [p for p in params if id(p) not in no_decay],
+             "weight_decay": self.cfg.weight_decay},
+            {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
+        ]
+        opt = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: lr_factor(s, self.total_steps, self.cfg))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    @torch.no_grad()
+    def test_time_curve(self, batches: list[tuple[Tensor, Tensor]],
+                        loops: tuple[int, ...]) -> dict[int, dict[str, float]]:
+        """Validation loss and answer accuracy at each test-time loop count T."""
+        self.model.eval()
+        curve = {}
+        for t in loops:
+            losses, accs = [], []
+            for x, y in batches:
+                logits = self.model(x.to(self.device), t)
+                losses.append(lm_loss(logits, y.to(self.device)).item())
+                accs.append(answer_accuracy(logits, y.to(self.device)).item())
+            curve[t] = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs)}
+        return curve

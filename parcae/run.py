@@ -1,0 +1,252 @@
+"""One training run: its config, the run itself, and the record it leaves (``result.json``).
+
+This is the unit every sweep trial executes; ``python -m parcae.train`` is its CLI.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import MLFlowLogger
+from torch.utils.data import DataLoader, IterableDataset
+
+from parcae.compute import Accounting, account
+from parcae.config import (
+    ConfigError,
+    build,
+    flatten,
+    load_yaml,
+    parse_override,
+    set_dotted,
+    to_dict,
+)
+from parcae.data import DataConfig, DataSource, build_data
+from parcae.model import PRESETS, ModelConfig
+from parcae.module import LoopedLMModule, TrainConfig
+from parcae.monitor import MonitorConfig, StabilityMonitor
+from parcae.tracking import TrackingConfig, open_run
+
+#: Tokens trained when the config gives neither a token nor a FLOP budget.
+DEFAULT_TOKENS = 150_000
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one run; one-to-one with a ``parcae.train`` YAML file."""
+
+    name: str = "run"
+    """Run name shown in MLflow and the run table."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model shape, injection variant and recurrence (``model.preset`` fills the shape)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Corpus or synthetic task, batch size and sequence length."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Optimisation, budget and evaluation."""
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    """Stability monitoring and divergence rules."""
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """MLflow recording."""
+
+
+def resolve(mapping: dict[str, Any] | None, source: str | None = None,
+            overrides: tuple[str, ...] = ()) -> RunConfig:
+    """Build a RunConfig from a YAML mapping plus ``key=value`` overrides.
+
+    ``model.preset`` names a shape from PRESETS; keys the user gives win over it.
+    """
+    data = copy.deepcopy(mapping or {})
+    try:
+        for text in overrides:
+            key, value = parse_override(text)
+            set_dotted(data, key, value)
+        model = data.get("model") or {}
+        if not isinstance(model, dict):
+            raise ConfigError("model", "expected a mapping of model settings")
+        preset = model.get("preset", ModelConfig.preset)
+        if preset not in PRESETS:
+            raise ConfigError("model.preset", f"unknown preset {preset!r}; "
+                              f"allowed: {', '.join(PRESETS)}")
+        data["model"] = {**PRESETS[preset], **model}
+        return build(RunConfig, data)
+    except ConfigError as exc:
+        raise exc.within("", source) from None
+
+
+def load(path: Path | None, overrides: tuple[str, ...] = ()) -> RunConfig:
+    return resolve(load_yaml(path) if path else {}, str(path) if path else None, overrides)
+
+
+@dataclass
+class Result:
+    """The record of one run, written as ``result.json``; sweeps aggregate these."""
+
+    run_id: str
+    name: str
+    status: str
+    """ok | diverged | failed"""
+    config: dict[str, Any]
+    params: int
+    params_unrolled: int
+    tokens: int
+    flops: float
+    val_loss: float | None
+    """Validation loss at T = loops (T = 1 for the baseline)."""
+    test_time: dict[int, float]
+    """Validation loss at each test-time loop count."""
+    test_time_accuracy: dict[int, float]
+    """Answer accuracy at each test-time loop count (meaningful for synthetic tasks)."""
+    stability: dict[str, Any]
+    train_seconds: float
+    error: str | None = None
+
+    def write(self, out: Path) -> Path:
+        """Write ``out/result.json`` atomically (a crash never leaves half a record)."""
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / "result.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2, default=str))
+        os.replace(tmp, out / "result.json")
+        return out / "result.json"
+
+    @classmethod
+    def read(cls, path: Path) -> Result:
+        raw = json.loads(path.read_text())
+        for key in ("test_time", "test_time_accuracy"):
+            raw[key] = {int(t): v for t, v in raw[key].items()}
+        return cls(**raw)
+
+
+class _Stream(IterableDataset):
+    """An infinite, seeded stream of ready batches for Lightning."""
+
+    def __init__(self, source: DataSource, seed: int) -> None:
+        self.source, self.seed = source, seed
+
+    def __iter__(self):
+        return self.source.train_batches(self.seed)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a config resolves to before training: data, shapes, budget."""
+
+    cfg: RunConfig
+    model: ModelConfig
+    accounting: Accounting
+    steps: int
+    tokens: int
+    flops: float
+
+
+def plan(cfg: RunConfig, source: DataSource | None = None) -> Plan:
+    """Resolve the vocabulary from the data and the budget into optimizer steps."""
+    source = source or build_data(cfg.data)
+    model = replace(cfg.model, vocab_size=source.vocab_size)
+    acct = account(model, cfg.data.seq_len)
+    per_step = cfg.data.batch_size * cfg.data.seq_len
+    if cfg.train.flops is not None:
+        tokens, key = acct.tokens_for(cfg.train.flops), "train.flops"
+    else:
+        tokens, key = cfg.train.tokens or DEFAULT_TOKENS, "train.tokens"
+    steps = tokens // per_step
+    if steps < 1:
+        raise ConfigError(key, f"budget buys {tokens} tokens, less than one step of "
+                          f"{per_step} tokens (batch_size x seq_len); raise the budget")
+    return Plan(cfg, model, acct, steps, steps * per_step, acct.flops_for(steps * per_step))
+
+
+def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | None = None,
+              ) -> Result:
+    """Train, monitor and evaluate one run; always returns (and writes) its record.
+
+    Bad input raises ConfigError before anything is recorded. Divergence and crashes during
+    training are caught and recorded as ``diverged`` / ``failed``.
+    """
+    source = build_data(cfg.data)
+    p = plan(cfg, source)
+    model_cfg, train = p.model, cfg.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    L.seed_everything(train.seed, verbose=False)
+    loops = model_cfg.loops if model_cfg.looped else 1
+    test_loops = train.test_time_loops or tuple(range(1, 2 * loops + 1))
+    if loops not in test_loops:
+        test_loops = tuple(sorted({*test_loops, loops}))
+    run_tags = {"injection": model_cfg.injection, "loops": str(loops),
+                "params": str(p.accounting.params), "tokens": str(p.tokens),
+                "preset": model_cfg.preset, **(tags or {})}
+    run_id, client, logger = f"local-{os.getpid()}-{time.time_ns()}", None, None
+    if cfg.tracking.enabled:
+        client, run_id = open_run(cfg.tracking, cfg.name, run_tags)
+        logger = MLFlowLogger(tracking_uri=client.tracking_uri, run_id=run_id)
+        logger.log_hyperparams(flatten(to_dict(cfg)))
+        client.log_dict(run_id, to_dict(cfg), "config.yaml")
+
+    module = LoopedLMModule(model_cfg, train, p.steps)
+    monitor = StabilityMonitor(cfg.monitor, loops)
+    gpu = train.device == "gpu" or (train.device == "auto" and torch.cuda.is_available())
+    trainer = L.Trainer(
+        max_steps=p.steps, accelerator="gpu" if gpu else "cpu", devices=1,
+        precision="bf16-mixed" if gpu else "32-true", logger=logger or False,
+        callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, log_every_n_steps=train.log_every,
+        val_check_interval=min(train.val_every, p.steps), check_val_every_n_epoch=None,
+        num_sanity_val_steps=0)
+    val = source.val_batches(train.val_batches)
+    status, error = "ok", None
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, DataLoader(_Stream(source, train.seed), batch_size=None),
+                    DataLoader(val, batch_size=None))
+    except Exception as exc:  # a crashing run is recorded, never lost
+        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    seconds = time.perf_counter() - started
+    if monitor.diverged_step is not None:
+        status = "diverged"
+    curve = module.test_time_curve(val, test_loops) if status == "ok" else {}
+    result = Result(
+        run_id=run_id, name=cfg.name, status=status, config=to_dict(cfg),
+        params=p.accounting.params, params_unrolled=p.accounting.params_unrolled,
+        tokens=p.tokens, flops=p.flops,
+        val_loss=curve[loops]["loss"] if curve else None,
+        test_time={t: c["loss"] for t, c in curve.items()},
+        test_time_accuracy={t: c["accuracy"] for t, c in curve.items()},
+        stability=monitor.summary(), train_seconds=seconds, error=error)
+    if out is not None:
+        result.write(out)
+    if client is not None:
+        _record(client, result, out)
+    return result
+
+
+def _record(client, result: Result, out: Path | None) -> None:
+    """Final metrics, status tag and the result record in the run's MLflow entry."""
+    rid = result.run_id
+    for t, loss in result.test_time.items():
+        client.log_metric(rid, "test_time/loss", loss, step=t)
+        client.log_metric(rid, "test_time/accuracy", result.test_time_accuracy[t], step=t)
+    finals = {"params": result.params, "params_unrolled": result.params_unrolled,
+              "tokens": result.tokens, "flops": result.flops, "train_seconds": result.train_seconds}
+    if result.val_loss is not None:
+        finals["val_loss"] = result.val_loss
+    finals.update({f"final/{k}": v for k, v in result.stability.items()
+                   if isinstance(v, int | float) and v is not None and math.isfinite(v)})
+    for key, value in finals.items():
+        client.log_metric(rid, key, float(value))
+    client.set_tag(rid, "status", result.status)
+    if result.stability.get("diverged_reason"):
+        client.set_tag(rid, "diverged_reason", str(result.stability["diverged_reason"]))
+    if result.error:
+        client.set_tag(rid, "error", result.error[:4000])
+    if out is not None:
+        client.log_artifact(rid, str(out / "result.json"))
+    client.set_terminated(rid, "FAILED" if result.status == "failed" else "FINISHED")
