@@ -20,6 +20,7 @@ def init_weights(model: LoopedLM) -> None:
             nn.init.normal_(module.weight, std=cfg.init_std)
         elif isinstance(module, RMSNorm):
             nn.init.ones_(module.weight)
+    for module in model.modules():  # after the loop above, which would redraw them
         if isinstance(module, Attention | MLP):
             nn.init.zeros_(module.out.weight)
     nn.init.eye_(model.C.weight)

@@ -1,0 +1,137 @@
+"""Properties of the looped model: the recurrence, its variants and their stability."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parcae.model import INJECTIONS, ModelConfig, build_model
+from parcae.model.injection import Diagonal
+from parcae.monitor import lipschitz, token_correlation
+
+TINY = ModelConfig(state_init="zero")
+
+
+@settings(max_examples=200, deadline=None)
+@given(a_log=st.lists(st.floats(-6, 6), min_size=4, max_size=4),
+       dt_bias=st.lists(st.floats(-6, 6), min_size=4, max_size=4),
+       double=st.booleans())
+def test_diagonal_decay_is_a_contraction_for_any_parameters(a_log, dt_bias, double):
+    inj = Diagonal(replace(TINY, d_model=4, n_heads=2))
+    if double:
+        inj = inj.double()
+    with torch.no_grad():
+        inj.A_log.copy_(torch.tensor(a_log))
+        inj.dt_bias.copy_(torch.tensor(dt_bias))
+    a_bar, _, _ = inj.discretized()
+    # strictly inside (0, 1) in exact arithmetic; exp may underflow to 0 for huge dt * A
+    assert torch.all(a_bar >= 0) and torch.all(a_bar < 1)
+    assert inj.spectra()["rho_A"] < 1
+
+
+def test_loop_at_init_is_the_reference_contraction():
+    model = build_model(TINY)
+    x = torch.randint(0, 256, (2, 16))
+    e, h, rope = model.encode(x)
+    h = torch.randn_like(e)
+    dt = -math.log(TINY.a_bar_init)
+    expected = TINY.a_bar_init * h + dt * e
+    assert torch.allclose(model.step(h, e, rope), expected, atol=1e-5)
+    assert dt == pytest.approx(0.805, abs=1e-3)
+    # iterating converges to the fixed point dt e / (1 - a_bar)
+    _, states = model.loop_states(x, 40)
+    assert torch.allclose(states[-1], dt * e / (1 - TINY.a_bar_init), atol=1e-4)
+    assert lipschitz(model, x, 4, iters=8) == pytest.approx(TINY.a_bar_init, rel=0.02)
+
+
+@pytest.mark.parametrize("name", sorted(INJECTIONS))
+def test_every_variant_runs_forward_and_backward(name):
+    model = build_model(replace(TINY, injection=name, loops=3))
+    x = torch.randint(0, 256, (3, 16))
+    logits = model(x, torch.tensor([1, 2, 5]), grad_steps=2)
+    assert logits.shape == (3, 16, 256)
+    logits.logsumexp(-1).mean().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_add_state_grows_linearly_and_none_forgets_the_input():
+    x = torch.randint(0, 256, (2, 16))
+    _, add_states = build_model(replace(TINY, injection="add")).loop_states(x, 6)
+    norms = [h.norm(dim=-1).mean().item() for h in add_states]
+    assert norms[-1] == pytest.approx(6 * norms[0], rel=1e-3)
+    model = build_model(replace(TINY, injection="none"))
+    e, states = model.loop_states(x, 3)
+    assert torch.allclose(states[0], e, atol=1e-5)  # identity blocks: nothing new enters
+
+
+def test_per_sequence_depths_match_running_each_sequence_alone():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    for p in model.parameters():  # leave the identity init so each step does real work
+        p.data.add_(0.02 * torch.randn_like(p))
+    x = torch.randint(0, 256, (3, 12))
+    depths = torch.tensor([2, 5, 1])
+    with torch.no_grad():
+        batched = model(x, depths)
+        for i, t in enumerate(depths.tolist()):
+            alone = model(x[i : i + 1], t)
+            assert torch.allclose(batched[i], alone[0], atol=1e-5)
+
+
+def test_truncated_backprop_keeps_graph_only_for_the_last_steps():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    x = torch.randint(0, 256, (2, 8))
+    model(x, 6, grad_steps=2).sum().backward()
+    truncated = model.injection.A_log.grad.clone()
+    model.zero_grad()
+    e, h, rope = model.encode(x)
+    with torch.no_grad():
+        for _ in range(4):
+            h = model.step(h, e, rope)
+    for _ in range(2):
+        h = model.step(h.detach() if _ == 0 else h, e, rope)
+    model.decode(h, rope).sum().backward()
+    assert torch.allclose(truncated, model.injection.A_log.grad, atol=1e-6)
+    model.zero_grad()
+    model(x, 6, grad_steps=6).sum().backward()
+    assert not torch.allclose(truncated, model.injection.A_log.grad, atol=1e-6)
+
+
+def test_baseline_unties_the_core_and_runs_it_once():
+    model = build_model(replace(TINY, injection="baseline", loops=4, core_layers=2))
+    assert len(model.core.blocks) == 8
+    looped = build_model(replace(TINY, loops=4, core_layers=2))
+    assert len(looped.core.blocks) == 2
+
+
+def test_linear_adapter_reports_its_spectrum():
+    model = build_model(replace(TINY, injection="linear"))
+    with torch.no_grad():
+        model.injection.W.weight[:, :64] *= 3  # push W1 beyond the unit circle
+    spectra = model.injection.spectra()
+    assert spectra["rho_A"] == pytest.approx(3 * TINY.a_bar_init, rel=1e-4)
+    assert spectra["norm_W1"] >= spectra["rho_A"] - 1e-6
+
+
+def test_bounded_b_has_unit_spectral_norm():
+    model = build_model(replace(TINY, bound_b=True))
+    with torch.no_grad():
+        model.injection.parametrizations.B.original.mul_(5)
+    model.train()
+    for _ in range(5):  # the power iteration of spectral_norm settles
+        model.injection.B
+    b = model.injection.B
+    assert torch.linalg.matrix_norm(b, 2).item() == pytest.approx(1.0, rel=1e-2)
+
+
+def test_token_correlation_detects_collapse():
+    h = torch.randn(2, 10, 32)
+    assert abs(token_correlation(h)) < 0.2
+    assert token_correlation(h[:, :1].expand(2, 10, 32)) == pytest.approx(1.0, abs=1e-5)
