@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from parcae.config import check
+from parcae.data import IGNORE_INDEX, exact_match
 from parcae.model import ModelConfig, build_model
 from parcae.model.blocks import RMSNorm
 from parcae.model.injection import Injection
@@ -102,14 +103,7 @@ class DepthSampler:
 
 
 def lm_loss(logits: Tensor, y: Tensor) -> Tensor:
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
-
-
-def answer_accuracy(logits: Tensor, y: Tensor) -> Tensor:
-    """Fraction of sequences whose every scored token is predicted exactly."""
-    scored = y != -100
-    right = (logits.argmax(-1) == y) | ~scored
-    return right.all(dim=1).float().mean()
+    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE_INDEX)
 
 
 class LoopedLMModule(L.LightningModule):
@@ -134,7 +128,7 @@ class LoopedLMModule(L.LightningModule):
         x, y = batch
         logits = self.model(x, self.model.cfg.loops if self.model.cfg.looped else 1)
         self.log("val/loss", lm_loss(logits, y), on_epoch=True)
-        self.log("val/accuracy", answer_accuracy(logits, y), on_epoch=True)
+        self.log("val/accuracy", exact_match(logits, y).float().mean(), on_epoch=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.cfg.grad_clip or math.inf
@@ -168,6 +162,6 @@ class LoopedLMModule(L.LightningModule):
             for x, y in batches:
                 logits = self.model(x.to(self.device), t)
                 losses.append(lm_loss(logits, y.to(self.device)).item())
-                accs.append(answer_accuracy(logits, y.to(self.device)).item())
+                accs.append(exact_match(logits, y.to(self.device)).float().mean().item())
             curve[t] = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs)}
         return curve

@@ -106,6 +106,9 @@ class Result:
     test_time_accuracy: dict[int, float]
     """Answer accuracy at each test-time loop count (meaningful for synthetic tasks)."""
     stability: dict[str, Any]
+    """The run-table stability columns (see parcae.runtable)."""
+    trace: list[dict[str, float]]
+    """Every monitored step's stability figures, in order."""
     train_seconds: float
     error: str | None = None
 
@@ -147,9 +150,16 @@ class Plan:
     flops: float
 
 
+def data_source(cfg: RunConfig) -> DataSource:
+    try:
+        return build_data(cfg.data)
+    except ConfigError as exc:
+        raise exc.within("data") from None
+
+
 def plan(cfg: RunConfig, source: DataSource | None = None) -> Plan:
     """Resolve the vocabulary from the data and the budget into optimizer steps."""
-    source = source or build_data(cfg.data)
+    source = source or data_source(cfg)
     model = replace(cfg.model, vocab_size=source.vocab_size)
     acct = account(model, cfg.data.seq_len)
     per_step = cfg.data.batch_size * cfg.data.seq_len
@@ -165,13 +175,13 @@ def plan(cfg: RunConfig, source: DataSource | None = None) -> Plan:
 
 
 def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | None = None,
-              ) -> Result:
+              callbacks: tuple[L.Callback, ...] = ()) -> Result:
     """Train, monitor and evaluate one run; always returns (and writes) its record.
 
     Bad input raises ConfigError before anything is recorded. Divergence and crashes during
     training are caught and recorded as ``diverged`` / ``failed``.
     """
-    source = build_data(cfg.data)
+    source = data_source(cfg)
     p = plan(cfg, source)
     model_cfg, train = p.model, cfg.train
     if train.threads:
@@ -197,7 +207,7 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     trainer = L.Trainer(
         max_steps=p.steps, accelerator="gpu" if gpu else "cpu", devices=1,
         precision="bf16-mixed" if gpu else "32-true", logger=logger or False,
-        callbacks=[monitor], enable_checkpointing=False, enable_progress_bar=False,
+        callbacks=[monitor, *callbacks], enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, log_every_n_steps=train.log_every,
         val_check_interval=min(train.val_every, p.steps), check_val_every_n_epoch=None,
         num_sanity_val_steps=0)
@@ -220,7 +230,7 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
         val_loss=curve[loops]["loss"] if curve else None,
         test_time={t: c["loss"] for t, c in curve.items()},
         test_time_accuracy={t: c["accuracy"] for t, c in curve.items()},
-        stability=monitor.summary(), train_seconds=seconds, error=error)
+        stability=monitor.summary(), trace=monitor.history, train_seconds=seconds, error=error)
     if out is not None:
         result.write(out)
     if client is not None:

@@ -22,7 +22,7 @@ COLUMNS: dict[str, str] = {
     "preset": "model shape preset name",
     "injection": "diagonal | linear | add | none | baseline",
     "params": "unique non-embedding parameters N",
-    "params_unrolled": "parameters as unrolled at the training loop count (core counted loops times)",
+    "params_unrolled": "non-core parameters plus core parameters times loops (effective N)",
     "loops": "mean training recurrence mu_rec",
     "backprop_depth": "loop steps with gradient mu_bwd",
     "tokens": "training tokens D",

@@ -1,0 +1,131 @@
+"""Training runs end to end: every variant, divergence, test-time loops, records, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from parcae.config import ConfigError
+from parcae.run import Result, load, plan, resolve, train_run
+from parcae.train import main
+
+FAST = {"data": {"source": "pydoc", "seq_len": 32, "batch_size": 4},
+        "train": {"tokens": 1280, "val_every": 5, "val_batches": 1, "log_every": 2},
+        "monitor": {"every": 3, "lipschitz_every": 3},
+        "tracking": {"enabled": False}}
+
+
+def fast(**sections) -> dict:
+    cfg = json.loads(json.dumps(FAST))
+    for name, values in sections.items():
+        cfg.setdefault(name, {}).update(values)
+    return cfg
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "parcae.train", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("injection", ["diagonal", "linear", "add", "none", "baseline"])
+def test_each_variant_trains_and_records(injection, tmp_path):
+    cfg = resolve(fast(model={"injection": injection, "loops": 3}))
+    result = train_run(cfg, tmp_path)
+    assert result.status == "ok", result.error
+    assert result.tokens == 10 * 4 * 32
+    assert result.val_loss is not None and result.val_loss < 6.0
+    assert set(result.test_time) == set(range(1, 7 if injection != "baseline" else 3))
+    assert result.stability["max_state_norm"] > 0
+    if injection != "baseline":
+        assert result.stability["lipschitz"] > 0
+    stored = Result.read(tmp_path / "result.json")
+    assert stored.test_time == result.test_time and stored.status == "ok"
+
+
+def test_training_lowers_the_loss(tmp_path):
+    cfg = resolve(fast(train={"tokens": 12800, "lr": 3e-3, "val_every": 1000},
+                       model={"loops": 2}))
+    result = train_run(cfg)
+    assert result.val_loss < 3.6  # byte-level start is ln 256 = 5.55 nats
+
+
+@pytest.mark.parametrize("injection", ["add", "linear"])
+def test_absurd_learning_rate_is_flagged_diverged_and_recorded(injection, tmp_path):
+    cfg = resolve(fast(model={"injection": injection, "loops": 8},
+                       train={"lr": 30.0, "warmup": 0.0}))
+    result = train_run(cfg, tmp_path)
+    assert result.status == "diverged"
+    assert result.stability["diverged_step"] is not None
+    assert result.stability["diverged_reason"]
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["status"] == "diverged" and record["val_loss"] is None
+
+
+def test_test_time_loops_beyond_training_depth():
+    cfg = resolve(fast(model={"loops": 2}, train={"test_time_loops": [1, 5, 9]}))
+    result = train_run(cfg)
+    assert sorted(result.test_time) == [1, 2, 5, 9]  # the training depth is always included
+    assert len(set(result.test_time.values())) == 4
+
+
+def test_flop_budget_sets_the_tokens():
+    cfg = resolve(fast(train={"flops": 2.5e9, "tokens": None}))
+    p = plan(cfg)
+    assert p.tokens == (p.accounting.tokens_for(2.5e9) // 128) * 128
+    assert p.flops <= 2.5e9
+
+
+def test_mlflow_run_holds_params_metrics_and_residuals(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = resolve(fast(tracking={"enabled": True, "uri": uri, "experiment": "t"}))
+    result = train_run(cfg, tmp_path / "out")
+    client = MlflowClient(uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["status"] == "ok" and run.data.tags["injection"] == "diagonal"
+    assert run.data.params["model.loops"] == "4"
+    for key in ("stability/residual", "stability/rel_residual", "stability/state_norm_4",
+                "stability/rho_A", "stability/lipschitz", "train/loss", "val_loss"):
+        assert key in run.data.metrics, key
+    curve = client.get_metric_history(result.run_id, "test_time/loss")
+    assert sorted(m.step for m in curve) == list(range(1, 9))
+
+
+@pytest.mark.parametrize(("args", "key"), [
+    (["--set", "model.bogus=1"], "model.bogus"),
+    (["--set", "model.d_model=65"], "model.n_heads"),
+    (["--set", "model.prelude_layers=-1"], "model.prelude_layers"),
+    (["--set", "model.injection=magic"], "model.injection"),
+    (["--set", "model.loops=two"], "model.loops"),
+    (["--set", "data.source=text", "--set", "data.path=/nonexistent/x.txt"], "data.path"),
+    (["--set", "train.tokens=10"], "train.tokens"),
+])
+def test_bad_input_is_one_clear_line_and_exit_2(args, key, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([*args, "--set", "tracking.enabled=false", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert key in err and err.startswith("parcae.train: bad input:")
+    assert len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing half-written
+
+
+def test_bad_config_file_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model:\n  injection: diagonal\n  loops: [1, 2]\n")
+    with pytest.raises(ConfigError) as err:
+        load(path)
+    assert str(path) in str(err.value) and "model.loops" in str(err.value)
+    assert "integer" in str(err.value)
+    proc = cli(str(tmp_path / "missing.yaml"), cwd=tmp_path)  # the real process and exit code
+    assert proc.returncode == 2 and "missing.yaml" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_yaml_exponent_strings_are_numbers():
+    cfg = resolve({"train": {"tokens": "2e4", "flops": None}})
+    assert cfg.train.tokens == 20000
