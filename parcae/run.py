@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import math
 import os
 import time
@@ -201,6 +202,8 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
         logger.log_hyperparams(flatten(to_dict(cfg)))
         client.log_dict(run_id, to_dict(cfg), "config.yaml")
 
+    # Lightning's banners (tips, "GPU available: False") are noise in sweeps of many runs
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     module = LoopedLMModule(model_cfg, train, p.steps)
     monitor = StabilityMonitor(cfg.monitor, loops)
     gpu = train.device == "gpu" or (train.device == "auto" and torch.cuda.is_available())
