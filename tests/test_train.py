@@ -129,3 +129,10 @@ def test_bad_config_file_names_the_file(tmp_path):
 def test_yaml_exponent_strings_are_numbers():
     cfg = resolve({"train": {"tokens": "2e4", "flops": None}})
     assert cfg.train.tokens == 20000
+
+
+@pytest.mark.parametrize("recipe", sorted(Path(__file__).parent.parent.glob("recipes/*.yaml")),
+                         ids=lambda p: p.name)
+def test_shipped_recipes_load_and_plan(recipe):
+    p = plan(load(recipe))
+    assert p.steps >= 1 and p.flops > 0
