@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 
 from parcae.data import DataConfig, build_data
 from parcae.module import LoopedLMModule, TrainConfig, lm_loss
-from parcae.run import resolve, plan
+from parcae.run import plan, resolve
 
 
 def batches(preset: str, loops: int, n: int, batch: int, seq: int):

@@ -1,0 +1,272 @@
+"""``python -m parcae.sweep GRID.yaml [--reports DIR] [--dry-run] [--address ADDR]``: a sweep.
+
+Every point of the grid is one Ray Tune trial training through ``parcae.run.train_run``; the
+sweep is an MLflow parent run and each trial a child; ``reports/<name>/`` collects the run
+table as trials finish. Re-running resumes: trials with a row in ``runs.csv`` are kept.
+
+Without ``--address`` an embedded Ray sized to this machine runs the trials and is shut down
+at the end. Exit codes: 0 every trial has its row (ok, diverged or failed), 1 some trial
+ended without one, 2 bad input (nothing was started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from mlflow.exceptions import MlflowException
+from ray import tune
+
+from parcae.collect import Collector, DivergenceStopper, Reports
+from parcae.config import ConfigError, load_yaml, to_dict
+from parcae.grid import (
+    PREFIX,
+    GridConfig,
+    Trial,
+    axis_tags,
+    describe,
+    expand,
+    fmt_value,
+    parse_grid,
+)
+from parcae.run import RunConfig
+from parcae.runtable import read_rows
+from parcae.tracking import DEFAULT_REPORTS, client_for, default_tracking_uri
+from parcae.trial import run_trial
+
+# Ray's local start writes an auth token and phones home unless told not to.
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m parcae.sweep", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("grid", type=Path, help="grid file (a Ray cluster YAML with "
+                        "metadata.parcae)")
+    parser.add_argument("--reports", type=Path, default=DEFAULT_REPORTS,
+                        help="reports root; the sweep writes REPORTS/<name>/ (default: reports)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the expanded trials and total compute; start nothing")
+    parser.add_argument("--address", help="join this Ray cluster ('auto' on a head node) "
+                        "instead of starting an embedded one")
+    return parser.parse_args(argv)
+
+
+def print_plan(trials: list[Trial], done: set[str]) -> None:
+    rows = describe(trials)
+    print(f"{'trial':<44} {'N':>12} {'N_unrolled':>12} {'D':>12} {'mu':>3} {'C':>10} "
+          f"{'steps':>7}")
+    for r in rows:
+        mark = "  (done)" if r["trial"] in done else ""
+        print(f"{r['trial']:<44} {r['params']:>12,} {r['params_unrolled']:>12,} "
+              f"{r['tokens']:>12,} {r['loops']:>3} {r['flops']:>10.3g} {r['steps']:>7}{mark}")
+    total = sum(r["flops"] for r in rows)
+    print(f"{len(rows)} trials ({len(done & {r['trial'] for r in rows})} done), "
+          f"total compute {total:.3g} FLOPs")
+
+
+def trial_table(trials: list[Trial]) -> str:
+    rows = describe(trials)
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+def check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError("--reports", f"cannot write the reports folder {root}: "
+                          f"{exc.strerror or exc}") from None
+
+
+def check_capacity(grid: GridConfig, cluster_yaml: dict[str, Any], nodes: list[dict]) -> None:
+    """A trial that fits no node waits forever in Tune: refuse it before starting.
+
+    A node type the cluster config declares counts too (the autoscaler can add it).
+    """
+    declared = [t.get("resources") or {}
+                for t in (cluster_yaml.get("available_node_types") or {}).values()]
+    live = [n.get("Resources") or {} for n in nodes if n.get("Alive", True)]
+    for name, need in (("CPU", grid.resources.cpus), ("GPU", grid.resources.gpus)):
+        best = max((r.get(name, 0) for r in live + declared), default=0)
+        if need > best:
+            key = "cpus" if name == "CPU" else "gpus"
+            raise ConfigError(f"{PREFIX}.resources.{key}",
+                              f"each trial asks for {need:g} {name}s but no node of the cluster "
+                              f"has more than {best:g}; allowed here: at most {best:g}")
+
+
+def open_parent(grid: GridConfig, grid_path: Path, trials: list[Trial], reports: Reports,
+                uri: str, artifacts: Path) -> str:
+    """The sweep's MLflow parent run: reused from ``sweep.json`` on resume, else created."""
+    client = client_for(uri)
+    old = reports.read_sweep()
+    if old.get("parent_run_id") and old.get("tracking_uri") == uri:
+        try:
+            parent = client.get_run(old["parent_run_id"])
+        except MlflowException:  # the store was reset: start a new parent
+            parent = None
+        if parent is not None:
+            client.update_run(parent.info.run_id, status="RUNNING")
+            # trials of a killed sweep never closed their runs; none runs now
+            for run in client.search_runs(
+                    [parent.info.experiment_id], max_results=10000,
+                    filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and "
+                                  "attributes.status = 'RUNNING'"):
+                client.set_terminated(run.info.run_id, "KILLED")
+            return parent.info.run_id
+    experiment = trials[0].cfg.tracking.experiment
+    found = client.get_experiment_by_name(experiment)
+    if found is None and uri.startswith("sqlite:"):
+        # keep artifacts beside the reports, not in whatever directory the sweep ran from
+        exp_id = client.create_experiment(experiment, artifact_location=artifacts.resolve()
+                                          .as_uri())
+    elif found is None:  # a tracking server decides where artifacts go
+        exp_id = client.create_experiment(experiment)
+    else:
+        exp_id = found.experiment_id
+    tags = {"mlflow.runName": grid.name, "sweep": grid.name, "parcae.kind": "sweep"}
+    run_id = client.create_run(exp_id, tags=tags).info.run_id
+    client.log_artifact(run_id, str(grid_path))
+    client.log_text(run_id, trial_table(trials), "trials.csv")
+    client.log_dict(run_id, to_dict(grid), "grid.json")
+    for name, values in grid.axes.items():
+        client.log_param(run_id, f"axes.{name}", ",".join(map(fmt_value, values)))
+    client.log_param(run_id, "trials", len(trials))
+    return run_id
+
+
+def trial_configs(grid: GridConfig, trials: list[Trial], uri: str | None,
+                  parent: str | None) -> tuple[dict[str, RunConfig], dict[str, dict[str, str]]]:
+    """What each trial runs: its config with threads and MLflow parent set, and its tags."""
+    runs, tags = {}, {}
+    for t in trials:
+        cfg = t.cfg
+        tracking = replace(cfg.tracking, uri=uri, parent_run_id=parent)
+        train = replace(cfg.train, threads=grid.resources.threads)
+        if grid.resources.gpus == 0 and train.device == "auto":
+            train = replace(train, device="cpu")  # never take a GPU Ray gave to another trial
+        runs[t.key] = replace(cfg, tracking=tracking, train=train)
+        tags[t.key] = {"sweep": grid.name, "trial": t.key, **axis_tags(t.point)}
+    return runs, tags
+
+
+def run_tuner(grid: GridConfig, pending: list[Trial], runs: dict[str, RunConfig],
+              tags: dict[str, dict[str, str]], collector: Collector,
+              stopper: DivergenceStopper, storage: Path) -> None:
+    # longest first, so the last trials to start are short and the cores stay busy to the end
+    keys = [t.key for t in sorted(pending, key=lambda t: -t.plan.flops)]
+    ids = {k: f"{i:04d}" for i, k in enumerate(keys)}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, runs=runs, tags=tags),
+        {"cpu": grid.resources.cpus, "gpu": grid.resources.gpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"key": tune.grid_search(keys)},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=grid.concurrency, reuse_actors=True,
+            trial_name_creator=lambda t: t.config["key"],
+            trial_dirname_creator=lambda t: f"trial_{ids[t.config['key']]}_{t.trial_id}"),
+        run_config=tune.RunConfig(
+            name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage.resolve()), stop=stopper, callbacks=[collector],
+            failure_config=tune.FailureConfig(max_failures=grid.retries), verbose=0))
+    # Tune warns that it finds no metric files: its file loggers are off, the reports are ours
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    tuner.fit()
+
+
+def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[Trial],
+              reports_root: Path, address: str | None) -> int:
+    reports = Reports(reports_root / grid.name)
+    check_writable(reports.root)
+    done = reports.finished()
+    pending = [t for t in trials if t.key not in done]
+    tracking = trials[0].cfg.tracking
+    uri = (tracking.uri or default_tracking_uri(reports_root)) if tracking.enabled else None
+    print(f"parcae.sweep: {grid.name}: {len(trials)} trials, {len(trials) - len(pending)} "
+          f"already finished, {len(pending)} to run; reports in {reports.root}", flush=True)
+    parent, status, started = None, "FINISHED", time.perf_counter()
+    try:
+        if pending:
+            for key, value in RAY_ENV.items():
+                os.environ.setdefault(key, value)
+            if address:
+                ray.init(address=address, logging_level="WARNING")
+                check_capacity(grid, raw, ray.nodes())
+            else:
+                cpus, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
+                check_capacity(grid, {}, [{"Resources": {"CPU": cpus, "GPU": gpus}}])
+                ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
+                         logging_level="WARNING")
+        if uri:
+            parent = open_parent(grid, grid_path, trials, reports, uri,
+                                 reports_root / "mlartifacts")
+        reports.write_sweep({"name": grid.name, "grid": str(grid_path.resolve()),
+                             "parent_run_id": parent, "tracking_uri": uri,
+                             "experiment": tracking.experiment})
+        if pending:
+            runs, tags = trial_configs(grid, pending, uri, parent)
+            stopper = DivergenceStopper(grid.stop)
+            collector = Collector(reports, grid.name, {t.key: t for t in pending}, stopper, uri)
+            run_tuner(grid, pending, runs, tags, collector, stopper, reports.root / "tune")
+    except BaseException:
+        status = "KILLED"
+        raise
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if parent:
+            client_for(uri).set_terminated(parent, status)
+    keys = {t.key for t in trials}
+    rows = [r for r in read_rows(reports.runs) if r["trial"] in keys] if reports.runs.exists() \
+        else []
+    missing = sorted(keys - {r["trial"] for r in rows})
+    counts = Counter(r["status"] for r in rows)
+    print(f"parcae.sweep: {grid.name}: {dict(counts)} in {time.perf_counter() - started:.1f} s; "
+          f"run table {reports.runs}", flush=True)
+    if missing:
+        print(f"parcae.sweep: {len(missing)} trials ended without a row: {missing}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        raw = load_yaml(args.grid)
+        grid = parse_grid(raw, str(args.grid))
+        trials = expand(grid, str(args.grid))
+        if args.dry_run:
+            print_plan(trials, Reports(args.reports / grid.name).finished())
+            return 0
+        return run_sweep(grid, args.grid, raw, trials, args.reports, args.address)
+    except ConfigError as exc:
+        if exc.source is None and not exc.key.startswith("--"):
+            exc = ConfigError(exc.key, exc.message, str(args.grid))
+        print(f"parcae.sweep: bad input: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
