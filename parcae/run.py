@@ -12,6 +12,7 @@ import math
 import os
 import time
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -202,8 +203,10 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
         logger.log_hyperparams(flatten(to_dict(cfg)))
         client.log_dict(run_id, to_dict(cfg), "config.yaml")
 
-    # Lightning's banners (tips, "GPU available: False") are noise in sweeps of many runs
+    # Lightning's banners (tips, "GPU available: False") and a deprecation inside its own
+    # code are noise in sweeps of many runs
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
     module = LoopedLMModule(model_cfg, train, p.steps)
     monitor = StabilityMonitor(cfg.monitor, loops)
     gpu = train.device == "gpu" or (train.device == "auto" and torch.cuda.is_available())
