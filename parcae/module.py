@@ -133,6 +133,9 @@ class LoopedLMModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.cfg.grad_clip or math.inf
         self.last_grad_norm = float(torch.nn.utils.clip_grad_norm_(self.parameters(), clip))
+        if not math.isfinite(self.last_grad_norm):
+            # skip this update so the weights recorded with the divergence stay finite
+            optimizer.zero_grad(set_to_none=False)
         if self.global_step % self.cfg.log_every == 0:
             self.log("train/grad_norm", self.last_grad_norm, on_step=True)
 

@@ -109,17 +109,14 @@ class StabilityMonitor(L.Callback):
             self.diverged_step, self.diverged_reason = step, reason
         trainer.should_stop = True
 
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        norm = getattr(pl_module, "last_grad_norm", None)
-        if norm is not None and not math.isfinite(norm):
-            self.diverge(trainer, trainer.global_step, "non-finite gradient norm")
-            optimizer.zero_grad(set_to_none=False)  # keep the weights as they were
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         step = trainer.global_step
         loss = float(outputs["loss"]) if isinstance(outputs, dict) else float(outputs)
         if not math.isfinite(loss):
             return self.diverge(trainer, step, "non-finite loss")
+        grad_norm = getattr(pl_module, "last_grad_norm", None)
+        if grad_norm is not None and not math.isfinite(grad_norm):
+            return self.diverge(trainer, step, "non-finite gradient norm")
         if loss > self.cfg.max_loss:
             return self.diverge(trainer, step, f"loss {loss:.3g} above max_loss")
         if len(self.recent) >= 5 and loss > self.cfg.spike_factor * statistics.median(self.recent):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 from mlflow import MlflowClient
 
@@ -136,3 +138,19 @@ def test_yaml_exponent_strings_are_numbers():
 def test_shipped_recipes_load_and_plan(recipe):
     p = plan(load(recipe))
     assert p.steps >= 1 and p.flops > 0
+
+
+class PoisonGradients(L.Callback):
+    """Fault injection: from step 3 on, A_log gets an infinite gradient; the loss stays finite."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == 3:
+            pl_module.model.injection.A_log.register_hook(lambda g: g * math.inf)
+
+
+def test_non_finite_gradient_stops_the_run_and_skips_the_update():
+    cfg = resolve(fast())
+    result = train_run(cfg, callbacks=(PoisonGradients(),))
+    assert result.status == "diverged"
+    assert result.stability["diverged_reason"] == "non-finite gradient norm"
+    assert result.stability["diverged_step"] == 4
