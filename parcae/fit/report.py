@@ -74,12 +74,15 @@ def _param_cell(record: dict, name: str) -> str:
     return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(value)
 
 
-def _law_section(law: str, subsets: dict[str, dict]) -> list[str]:
+def _law_section(law: str, subsets: dict[str, dict], labels: dict[str, str]) -> list[str]:
+    def name(subset: str) -> str:  # per-model fits are keyed by run id; show the trial too
+        return f"{labels[subset]} ({subset[:8]})" if subset in labels else subset
+
     lines = [f"## {_TITLES[law]}", ""]
     ok = {k: r for k, r in subsets.items() if r["status"] == "ok"}
     for subset, record in subsets.items():
         if record["status"] != "ok":
-            lines.append(f"- {subset}: {record['status']} ({record['reason']})")
+            lines.append(f"- {name(subset)}: {record['status']} ({record['reason']})")
     if not ok:
         return [*lines, ""]
     names = list(next(iter(ok.values()))["params"])
@@ -89,7 +92,7 @@ def _law_section(law: str, subsets: dict[str, dict]) -> list[str]:
         gof = r.get("gof", {})
         r2 = gof.get("r2", gof.get("loops_r2"))
         lines.append("| " + " | ".join([
-            subset, str(r["n_points"]), *[_param_cell(r, n) for n in names], _fmt(r2),
+            name(subset), str(r["n_points"]), *[_param_cell(r, n) for n in names], _fmt(r2),
             _fmt(r.get("heldout_rel_error")), str(r.get("converged", "–")),
         ]) + " |")
     lines += ["", "Values with 95% bootstrap intervals in brackets "
@@ -106,7 +109,7 @@ def _law_section(law: str, subsets: dict[str, dict]) -> list[str]:
     if flagged:
         lines += ["", f"Overthinking: {len(flagged)} curve points rise above their curve's "
                   "minimum (listed in fits.json under `overthinking`):"]
-        lines += [f"- {f['run_id']} T={f['T']:g}: {f['val_loss']:.4g}" for f in flagged[:20]]
+        lines += [f"- {name(f['run_id'])} T={f['T']:g}: {f['val_loss']:.4g}" for f in flagged[:20]]
     return [*lines, ""]
 
 
@@ -122,7 +125,7 @@ def write_markdown(path: Path, result: TableFit, figures: list[tuple[str, str]],
         lines += ["## Excluded runs", "", "| run | reason |", "|---|---|",
                   *[f"| {e['run_id']} | {e['reason']} |" for e in t.excluded], ""]
     for law, subsets in result.laws.items():
-        lines += _law_section(law, subsets)
+        lines += _law_section(law, subsets, t.labels)
     if figures:
         lines += ["## Figures", ""]
         lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in figures]

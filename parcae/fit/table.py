@@ -63,6 +63,8 @@ class Table:
     test_time: TestTime | None
     sweep: dict | None
     """Contents of sweep.json when the table came from a tracked sweep."""
+    labels: dict[str, str] = field(default_factory=dict)
+    """Run id -> the sweep's trial name (``trial`` column), for people reading the report."""
 
     def rows_for(self, needed: tuple[str, ...]) -> tuple[np.ndarray, list[dict]]:
         """Usable rows with finite positive values in ``needed``, and why others were dropped."""
@@ -148,6 +150,7 @@ def load(source: Path) -> Table:
         name=folder.name, folder=folder, source=source, run_id=run_id, status=status,
         columns=columns, present=header, usable=usable, excluded=excluded, notes=notes,
         test_time=None, sweep=_sweep(folder, notes),
+        labels={str(i): r["trial"] for i, r in zip(run_id, rows, strict=True) if r.get("trial")},
     )
     if (folder / TEST_TIME_FILE).exists():
         table.test_time = _test_time(folder / TEST_TIME_FILE, table, notes)
