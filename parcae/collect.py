@@ -3,7 +3,7 @@
 Layout (documented for people in ``reports/README.md``):
 
 - ``runs.csv``: the run table, one row per finished trial (``parcae.runtable.COLUMNS``);
-- ``test_time.csv``: long-form test-time curves (run_id, T, val_loss);
+- ``test_time.csv``: long-form test-time curves (run_id, T, val_loss, val_accuracy);
 - ``stability/<trial>.csv``: each trial's stability trace, one row per monitored step;
 - ``sweep.json``: sweep name, grid file, MLflow parent run id and tracking URI.
 """
@@ -68,7 +68,7 @@ class DivergenceStopper(tune.Stopper):
         self.reasons: dict[str, str] = {}
 
     def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        if result.get("diverged"):
+        if result.get("diverged"):  # the trial's own monitors decided
             return True
         loss, norm = result.get("loss"), result.get("max_state_norm")
         reason = None
@@ -83,6 +83,11 @@ class DivergenceStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         return False
+
+
+#: Run-table columns taken from the monitor's summary (``StabilityMonitor.summary``).
+STABILITY_CELLS = ("final_train_loss", "max_state_norm", "max_state_ratio", "final_rel_residual",
+                   "rho_A", "lipschitz", "token_correlation", "diverged_step")
 
 
 def _number(value: Any) -> Any:
@@ -104,7 +109,8 @@ class Collector(tune.Callback):
             reason = self.stopper.reasons.get(trial.trial_id, "stopped by the sweep")
             result = {"status": "diverged", "run_id": result.get("run_id"), "stability": {
                 "max_state_norm": result.get("max_state_norm"),
-                "diverged_step": result.get("step"), "diverged_reason": reason}}
+                "diverged_step": result.get("step"), "diverged_rule": "stop_rule",
+                "diverged_reason": f"stop_rule: {reason}"}}
         if result["status"] == "diverged":
             self._close_diverged(result)
         self._write(trial.config["key"], result)
@@ -132,8 +138,6 @@ class Collector(tune.Callback):
         client.set_terminated(run_id, "FINISHED")
 
     def _write(self, key: str, result: dict[str, Any]) -> None:
-        trial = self.trials[key]
-        acct, model, train = trial.plan.accounting, trial.plan.model, trial.cfg.train
         stab = result.get("stability") or {}
         reason = stab.get("diverged_reason")
         if result["status"] == "failed":
@@ -141,19 +145,17 @@ class Collector(tune.Callback):
         run_id = result.get("run_id") or f"{self.sweep}/{key}"
         row = {
             "run_id": run_id, "sweep": self.sweep, "trial": key, "status": result["status"],
-            "seed": train.seed, "preset": model.preset, "injection": model.injection,
-            "params": acct.params, "params_unrolled": acct.params_unrolled,
-            "loops": model.loops if model.looped else 1,
-            "backprop_depth": model.mu_bwd if model.looped else 1,
-            "tokens": trial.plan.tokens, "flops": trial.plan.flops,
-            "val_loss": _number(result.get("val_loss")), "lr": train.lr,
-            **{k: _number(stab.get(k)) for k in ("max_state_norm", "final_rel_residual",
-                                                 "rho_A", "lipschitz", "diverged_step")},
+            **self.trials[key].plan.columns(),
+            **{k: _number(result.get(k)) for k in ("val_loss", "val_accuracy", "baseline_loss")},
+            "learned": result.get("learned"),
+            **{k: _number(stab.get(k)) for k in STABILITY_CELLS},
+            "diverged_rule": stab.get("diverged_rule"),
             "diverged_reason": reason, "train_seconds": result.get("train_seconds"),
         }
         # the curve and the trace first: a row means its trial is complete
         if result.get("test_time"):
-            append_test_time(self.reports.test_time, run_id, dict(result["test_time"]))
+            append_test_time(self.reports.test_time, run_id, dict(result["test_time"]),
+                             dict(result.get("test_time_accuracy") or []))
         if result.get("trace"):
             write_trace(self.reports.trace(key), result["trace"])
         append_row(self.reports.runs, row)

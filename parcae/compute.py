@@ -1,4 +1,4 @@
-"""Compute accounting, in one place (DESIGN.md §4).
+"""Compute accounting, in one place.
 
 Parameters are counted on a meta-device copy of the real model, so the accounting can
 never drift from the architecture. Conventions:
@@ -49,13 +49,14 @@ class Accounting:
 def expected_steps(cfg: ModelConfig) -> tuple[float, float]:
     """E[n] and E[k]: loop steps without and with gradient per sequence.
 
-    T ~ max(Poisson(loops), 1) (or T = loops when fixed); n = max(T - mu_bwd, 0),
+    T ~ max(Poisson(loops), 1) (or T = loops when ``cfg.fixed_depth``, which includes
+    loops = 1); n = max(T - mu_bwd, 0),
     k = min(T, mu_bwd). The baseline runs its untied core once.
     """
     if not cfg.looped:
         return 0.0, 1.0
     bwd = cfg.mu_bwd
-    if cfg.depth_sampling == "fixed":
+    if cfg.fixed_depth:
         return float(max(cfg.loops - bwd, 0)), float(min(cfg.loops, bwd))
     mu = cfg.loops
     top = int(mu + 20 * math.sqrt(mu) + 20)

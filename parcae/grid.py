@@ -15,9 +15,9 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from parcae.config import ConfigError, build, check, load_yaml, set_dotted
+from parcae.config import ConfigError, build, check, flatten, load_yaml, set_dotted
 from parcae.data import DataSource
 from parcae.model.config import Injection
 from parcae.run import Plan, RunConfig, data_source, plan, resolve
@@ -36,7 +36,10 @@ AXIS_KEYS: dict[str, str] = {
     "injection": "model.injection",
     "loops": "model.loops",
     "backprop_depth": "model.backprop_depth",
+    "depth_sampling": "model.depth_sampling",
     "lr": "train.lr",
+    "warmup": "train.warmup",
+    "grad_clip": "train.grad_clip",
     "seed": "train.seed",
     "tokens": "train.tokens",
     "flops": "train.flops",
@@ -72,8 +75,15 @@ class Axes:
     """Mean training recurrences mu_rec."""
     backprop_depth: tuple[int, ...] | None = None
     """Loop steps with gradient mu_bwd."""
+    depth_sampling: tuple[Literal["poisson", "fixed"], ...] | None = None
+    """Training depth sampling: poisson (T ~ Poisson(loops)) or fixed (T = loops)."""
     lr: tuple[float, ...] | None = None
     """Peak learning rates."""
+    warmup: tuple[float, ...] | None = None
+    """Warmup fractions of the steps (0 = none): warmup decides whether some injections
+    survive high learning rates."""
+    grad_clip: tuple[float, ...] | None = None
+    """Gradient-norm clips (0 = off)."""
     seed: tuple[int, ...] | None = None
     """Seeds."""
     tokens: tuple[int, ...] | None = None
@@ -221,12 +231,28 @@ def _listify(rules: Any) -> Any:
             if isinstance(r, dict) else r for r in rules]
 
 
+def _check_placement(data: dict[str, Any], block: dict[str, Any], source: str | None) -> None:
+    """A sweep key outside ``metadata.parcae`` (e.g. ``axes`` one level too high) would be
+    ignored and run another sweep than meant: refuse it, and an ``axes`` left empty."""
+    sweep_keys = {f.name for f in dataclasses.fields(GridConfig)}
+    metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
+    for where, mapping in (("", data), ("metadata.", metadata)):
+        for key in mapping:
+            if key in sweep_keys:
+                raise ConfigError(f"{where}{key}", f"a sweep setting outside {PREFIX}, where it "
+                                  f"would be ignored; move it under {PREFIX}", source)
+    if "axes" in block and not block["axes"]:
+        raise ConfigError(f"{PREFIX}.axes", "given but empty; list the axes under it (indented), "
+                          "or leave it out for a grid of one run", source)
+
+
 def parse_grid(data: Any, source: str | None = None) -> GridConfig:
     """Build a GridConfig from a whole grid file's mapping (checking its ``base`` too)."""
     block = (data.get("metadata") or {}).get("parcae") if isinstance(data, dict) else None
     if not isinstance(block, dict):
         raise ConfigError(PREFIX, "missing: a grid file keeps its sweep (name, base, axes, ...) "
                           "under metadata.parcae", source)
+    _check_placement(data, block, source)
     block = dict(block)
     for key in ("exclude", "include"):
         block[key] = _listify(block.get(key, []))
@@ -291,11 +317,13 @@ def expand(grid: GridConfig, source: str | None = None) -> list[Trial]:
     for point in found:
         key = trial_key(point)
         mapping = copy.deepcopy(grid.base or {})
+        applied: dict[str, int] = {}  # run-config key -> the override that set it last
         try:
-            for o in grid.overrides:
+            for i, o in enumerate(grid.overrides):
                 if o.match.matches(point):
                     for dotted, value in o.set.items():
                         set_dotted(mapping, dotted, copy.deepcopy(value))
+                    applied.update({k: i for k in flatten(o.set)})
             for name, value in point.items():
                 set_dotted(mapping, AXIS_KEYS[name], value)
             mapping["name"] = f"{grid.name}/{key}"
@@ -305,7 +333,12 @@ def expand(grid: GridConfig, source: str | None = None) -> list[Trial]:
             trials.append(Trial(key, point, plan(cfg, sources[cfg.data])))
         except ConfigError as exc:
             axis = next((n for n, k in AXIS_KEYS.items() if k == exc.key and n in point), None)
-            where = f"{PREFIX}.axes.{axis}" if axis else f"{PREFIX}.base.{exc.key}"
+            setter = next((i for k, i in applied.items()
+                           if exc.key == k or exc.key.startswith(f"{k}.")
+                           or k.startswith(f"{exc.key}.")), None)
+            where = (f"{PREFIX}.axes.{axis}" if axis else
+                     f"{PREFIX}.overrides[{setter}].set.{exc.key}" if setter is not None else
+                     f"{PREFIX}.base.{exc.key}")
             raise ConfigError(where, f"at point {key}: {exc.message}", source) from None
     return trials
 

@@ -87,7 +87,8 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 
 
 class DepthSampler:
-    """Per-sequence loop counts T ~ max(Poisson(loops), 1), or the fixed depth."""
+    """Per-sequence loop counts T ~ max(Poisson(loops), 1), or the fixed depth
+    (``ModelConfig.fixed_depth``: fixed sampling, loops = 1, or the baseline's single pass)."""
 
     def __init__(self, cfg: ModelConfig, seed: int) -> None:
         self.cfg = cfg
@@ -96,7 +97,7 @@ class DepthSampler:
     def __call__(self, batch: int) -> Tensor:
         if not self.cfg.looped:
             return torch.ones(batch, dtype=torch.long)
-        if self.cfg.depth_sampling == "fixed":
+        if self.cfg.fixed_depth:
             return torch.full((batch,), self.cfg.loops, dtype=torch.long)
         rate = torch.full((batch,), float(self.cfg.loops))
         return torch.poisson(rate, generator=self.gen).long().clamp_(min=1)
@@ -107,9 +108,11 @@ def lm_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 class LoopedLMModule(L.LightningModule):
-    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, total_steps: int) -> None:
+    def __init__(self, model_cfg: ModelConfig, cfg: TrainConfig, total_steps: int,
+                 answers: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
+        self.answers = answers  # the data scores answers: exact-match accuracy is meaningful
         self.total_steps = total_steps
         self.model = build_model(model_cfg)
         self.depths = DepthSampler(model_cfg, cfg.seed)
@@ -128,7 +131,8 @@ class LoopedLMModule(L.LightningModule):
         x, y = batch
         logits = self.model(x, self.model.cfg.loops if self.model.cfg.looped else 1)
         self.log("val/loss", lm_loss(logits, y), on_epoch=True)
-        self.log("val/accuracy", exact_match(logits, y).float().mean(), on_epoch=True)
+        if self.answers:
+            self.log("val/accuracy", exact_match(logits, y).float().mean(), on_epoch=True)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.cfg.grad_clip or math.inf
@@ -156,8 +160,8 @@ class LoopedLMModule(L.LightningModule):
 
     @torch.no_grad()
     def test_time_curve(self, batches: list[tuple[Tensor, Tensor]],
-                        loops: tuple[int, ...]) -> dict[int, dict[str, float]]:
-        """Validation loss and answer accuracy at each test-time loop count T."""
+                        loops: tuple[int, ...]) -> dict[int, dict[str, float | None]]:
+        """Validation loss and answer accuracy (None without answers) at each loop count T."""
         self.model.eval()
         curve = {}
         for t in loops:
@@ -166,5 +170,6 @@ class LoopedLMModule(L.LightningModule):
                 logits = self.model(x.to(self.device), t)
                 losses.append(lm_loss(logits, y.to(self.device)).item())
                 accs.append(exact_match(logits, y.to(self.device)).float().mean().item())
-            curve[t] = {"loss": sum(losses) / len(losses), "accuracy": sum(accs) / len(accs)}
+            curve[t] = {"loss": sum(losses) / len(losses),
+                        "accuracy": sum(accs) / len(accs) if self.answers else None}
         return curve

@@ -35,7 +35,7 @@ from parcae.config import (
 from parcae.data import DataConfig, DataSource, build_data
 from parcae.model import PRESETS, ModelConfig
 from parcae.module import LoopedLMModule, TrainConfig
-from parcae.monitor import MonitorConfig, StabilityMonitor
+from parcae.monitor import MonitorConfig, StabilityMonitor, final_status, learned
 from parcae.tracking import TrackingConfig, open_run
 
 #: Tokens trained when the config gives neither a token nor a FLOP budget.
@@ -95,7 +95,7 @@ class Result:
     run_id: str
     name: str
     status: str
-    """ok | diverged | failed"""
+    """ok | diverged | collapsed | failed (see parcae.runtable.STATUSES)"""
     config: dict[str, Any]
     params: int
     params_unrolled: int
@@ -106,13 +106,23 @@ class Result:
     test_time: dict[int, float]
     """Validation loss at each test-time loop count."""
     test_time_accuracy: dict[int, float]
-    """Answer accuracy at each test-time loop count (meaningful for synthetic tasks)."""
+    """Answer exact-match accuracy at each test-time loop count (tasks only; empty for
+    corpora)."""
     stability: dict[str, Any]
     """The run-table stability columns (see parcae.runtable)."""
     trace: list[dict[str, float]]
     """Every monitored step's stability figures, in order."""
     train_seconds: float
     error: str | None = None
+    val_accuracy: float | None = None
+    """Answer exact-match accuracy at T = loops (tasks only)."""
+    baseline_loss: float | None = None
+    """Loss of the unigram (corpora) or chance (tasks) predictor on the validation batches."""
+    learned: bool | None = None
+    """val_loss < baseline_loss - monitor.learned_margin (None without a val_loss)."""
+    design: dict[str, Any] = field(default_factory=dict)
+    """The run-table columns the config fixes (``Plan.columns``: source, core_layers,
+    effective_depth, depth_sampling, warmup, grad_clip, ...)."""
 
     def write(self, out: Path) -> Path:
         """Write ``out/result.json`` atomically (a crash never leaves half a record)."""
@@ -151,6 +161,18 @@ class Plan:
     tokens: int
     flops: float
 
+    def columns(self) -> dict[str, Any]:
+        """The run-table cells fixed before training (parcae.runtable.COLUMNS)."""
+        m, train = self.model, self.cfg.train
+        return {"seed": train.seed, "source": self.cfg.data.source, "preset": m.preset,
+                "injection": m.injection, "params": self.accounting.params,
+                "params_unrolled": self.accounting.params_unrolled,
+                "core_layers": m.core_layers, "loops": m.loops if m.looped else 1,
+                "effective_depth": m.effective_depth, "depth_sampling": m.sampling,
+                "backprop_depth": m.mu_bwd if m.looped else 1, "tokens": self.tokens,
+                "flops": self.flops, "lr": train.lr, "warmup": train.warmup,
+                "grad_clip": train.grad_clip}
+
 
 def data_source(cfg: RunConfig) -> DataSource:
     try:
@@ -181,7 +203,8 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     """Train, monitor and evaluate one run; always returns (and writes) its record.
 
     Bad input raises ConfigError before anything is recorded. Divergence and crashes during
-    training are caught and recorded as ``diverged`` / ``failed``.
+    training are caught and recorded as ``diverged`` / ``failed``; a run that trains to the
+    end without learning while its token states collapse is recorded as ``collapsed``.
     """
     source = data_source(cfg)
     p = plan(cfg, source)
@@ -191,7 +214,9 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     L.seed_everything(train.seed, verbose=False)
     loops = model_cfg.loops if model_cfg.looped else 1
     test_loops = train.test_time_loops or tuple(range(1, 2 * loops + 1))
-    if loops not in test_loops:
+    if not model_cfg.looped:  # the untied baseline has no loop to run again: T = 1 only
+        test_loops = (1,)
+    elif loops not in test_loops:
         test_loops = tuple(sorted({*test_loops, loops}))
     run_tags = {"injection": model_cfg.injection, "loops": str(loops),
                 "params": str(p.accounting.params), "tokens": str(p.tokens),
@@ -207,7 +232,7 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     # code are noise in sweeps of many runs
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
-    module = LoopedLMModule(model_cfg, train, p.steps)
+    module = LoopedLMModule(model_cfg, train, p.steps, answers=source.answer_only)
     monitor = StabilityMonitor(cfg.monitor, loops)
     gpu = train.device == "gpu" or (train.device == "auto" and torch.cuda.is_available())
     trainer = L.Trainer(
@@ -218,6 +243,7 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
         val_check_interval=min(train.val_every, p.steps), check_val_every_n_epoch=None,
         num_sanity_val_steps=0)
     val = source.val_batches(train.val_batches)
+    baseline = source.baseline_loss(val)
     status, error = "ok", None
     started = time.perf_counter()
     try:
@@ -229,14 +255,20 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     if monitor.diverged_step is not None:
         status = "diverged"
     curve = module.test_time_curve(val, test_loops) if status == "ok" else {}
+    stability = monitor.summary()
+    val_loss = curve[loops]["loss"] if curve else None
+    did_learn = learned(val_loss, baseline, cfg.monitor)
+    status = final_status(status, did_learn, stability["token_correlation"], cfg.monitor)
     result = Result(
         run_id=run_id, name=cfg.name, status=status, config=to_dict(cfg),
         params=p.accounting.params, params_unrolled=p.accounting.params_unrolled,
-        tokens=p.tokens, flops=p.flops,
-        val_loss=curve[loops]["loss"] if curve else None,
+        tokens=p.tokens, flops=p.flops, val_loss=val_loss,
         test_time={t: c["loss"] for t, c in curve.items()},
-        test_time_accuracy={t: c["accuracy"] for t, c in curve.items()},
-        stability=monitor.summary(), trace=monitor.history, train_seconds=seconds, error=error)
+        test_time_accuracy={t: c["accuracy"] for t, c in curve.items()
+                            if c["accuracy"] is not None},
+        stability=stability, trace=monitor.history, train_seconds=seconds, error=error,
+        val_accuracy=curve[loops]["accuracy"] if curve else None, baseline_loss=baseline,
+        learned=did_learn, design=p.columns())
     if out is not None:
         result.write(out)
     if client is not None:
@@ -249,18 +281,24 @@ def _record(client, result: Result, out: Path | None) -> None:
     rid = result.run_id
     for t, loss in result.test_time.items():
         client.log_metric(rid, "test_time/loss", loss, step=t)
-        client.log_metric(rid, "test_time/accuracy", result.test_time_accuracy[t], step=t)
+    for t, accuracy in result.test_time_accuracy.items():
+        client.log_metric(rid, "test_time/accuracy", accuracy, step=t)
     finals = {"params": result.params, "params_unrolled": result.params_unrolled,
               "tokens": result.tokens, "flops": result.flops, "train_seconds": result.train_seconds}
-    if result.val_loss is not None:
-        finals["val_loss"] = result.val_loss
+    for key in ("val_loss", "val_accuracy", "baseline_loss"):
+        if getattr(result, key) is not None:
+            finals[key] = getattr(result, key)
+    if result.learned is not None:
+        finals["learned"] = float(result.learned)
+        client.set_tag(rid, "learned", str(result.learned).lower())
     finals.update({f"final/{k}": v for k, v in result.stability.items()
                    if isinstance(v, int | float) and v is not None and math.isfinite(v)})
     for key, value in finals.items():
         client.log_metric(rid, key, float(value))
     client.set_tag(rid, "status", result.status)
-    if result.stability.get("diverged_reason"):
-        client.set_tag(rid, "diverged_reason", str(result.stability["diverged_reason"]))
+    for key in ("diverged_rule", "diverged_reason"):
+        if result.stability.get(key):
+            client.set_tag(rid, key, str(result.stability[key]))
     if result.error:
         client.set_tag(rid, "error", result.error[:4000])
     if out is not None:

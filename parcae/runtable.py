@@ -17,34 +17,56 @@ COLUMNS: dict[str, str] = {
     "run_id": "MLflow run id of the trial (or a stable local id when untracked)",
     "sweep": "name of the sweep the trial belongs to",
     "trial": "stable trial key derived from the grid point (used to resume)",
-    "status": "ok | diverged | failed",
+    "status": "ok | diverged | collapsed | failed (collapsed: trained to the end, did not "
+              "learn, token correlation at or above monitor.collapse_correlation)",
     "seed": "random seed",
+    "source": "data source: austen | pydoc | text | tokens | addition | phop",
     "preset": "model shape preset name",
     "injection": "diagonal | linear | add | none | baseline",
     "params": "unique non-embedding parameters N",
     "params_unrolled": "non-core parameters plus core parameters times loops (effective N)",
-    "loops": "mean training recurrence mu_rec",
+    "core_layers": "k: distinct blocks in the recurrent core (baseline: the k copied loops "
+                   "times)",
+    "loops": "mean training recurrence mu_rec (1 for baseline)",
+    "effective_depth": "core-block applications per forward pass at T = loops: core_layers x "
+                       "loops (baseline: core_layers x its configured loops, run once)",
+    "depth_sampling": "poisson | fixed (loops = 1 and baseline are always fixed)",
     "backprop_depth": "loop steps with gradient mu_bwd",
     "tokens": "training tokens D",
     "flops": "training FLOPs C from parcae.compute",
     "val_loss": "validation loss (nats/token) at T = loops",
+    "val_accuracy": "answer exact-match accuracy at T = loops, in [0, 1] (empty for corpora)",
+    "baseline_loss": "loss (nats/token) of the unigram (corpora) or answer-position marginal "
+                     "(tasks) predictor on the same validation batches",
+    "learned": "true | false: val_loss < baseline_loss - monitor.learned_margin (empty "
+               "without val_loss)",
+    "final_train_loss": "mean training loss over the last monitor.final_window steps",
     "lr": "peak learning rate",
+    "warmup": "warmup fraction of the steps",
+    "grad_clip": "gradient-norm clip (0 = off)",
     "max_state_norm": "largest mean state norm ||h_t|| seen in training",
+    "max_state_ratio": "largest ||h_T|| / ||e|| seen in training (state relative to the "
+                       "injected input)",
     "final_rel_residual": "||h_T - h_{T-1}|| / ||h_T|| at the last monitored step",
     "rho_A": "spectral radius of the injection's linear part at the end",
     "lipschitz": "local Lipschitz estimate of the recurrent map at the end",
+    "token_correlation": "token correlation of h_T at the last monitored step (1 = collapse)",
     "diverged_step": "optimizer step at which divergence was detected (empty if none)",
-    "diverged_reason": "why the run was stopped as diverged, or the error of a failed run",
+    "diverged_rule": "divergence rule that fired: geometric_growth | spectral_radius | "
+                     "state_ratio | non_finite | state_norm_limit | loss_limit | stop_rule",
+    "diverged_reason": "what the rule saw, with its numbers, or the error of a failed run",
     "train_seconds": "wall time spent training",
 }
 
-STATUSES = ("ok", "diverged", "failed")
+STATUSES = ("ok", "diverged", "collapsed", "failed")
 
 #: Long-form test-time curves: one row per (run, test-time loop count).
-TEST_TIME_COLUMNS = ("run_id", "T", "val_loss")
+TEST_TIME_COLUMNS = ("run_id", "T", "val_loss", "val_accuracy")
 
 
 def _cell(value: object) -> object:
+    if isinstance(value, bool):
+        return str(value).lower()
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     return value
@@ -62,8 +84,12 @@ def append_row(path: Path, row: Mapping[str, object]) -> None:
     _append(path, list(COLUMNS), [row])
 
 
-def append_test_time(path: Path, run_id: str, curve: Mapping[int, float]) -> None:
-    rows = [{"run_id": run_id, "T": t, "val_loss": loss} for t, loss in sorted(curve.items())]
+def append_test_time(path: Path, run_id: str, curve: Mapping[int, float],
+                     accuracy: Mapping[int, float] | None = None) -> None:
+    """One row per T: the loss and, for tasks, the answer accuracy (empty for corpora)."""
+    accuracy = accuracy or {}
+    rows = [{"run_id": run_id, "T": t, "val_loss": loss, "val_accuracy": accuracy.get(t)}
+            for t, loss in sorted(curve.items())]
     _append(path, list(TEST_TIME_COLUMNS), rows)
 
 

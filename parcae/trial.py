@@ -21,7 +21,7 @@ from typing import Any
 import lightning as L
 from ray import tune
 
-from parcae.monitor import StabilityMonitor
+from parcae.monitor import StabilityMonitor, Verdict
 from parcae.run import Result, RunConfig, train_run
 from parcae.tracking import client_for
 
@@ -30,15 +30,24 @@ class TrialCrashed(RuntimeError):
     """Training raised or returned ``failed``; Tune retries the trial."""
 
 
-def outcome(status: str, run_id: str, *, val_loss: float | None = None,
-            test_time: dict[int, float] | None = None, stability: dict[str, Any] | None = None,
-            trace: list[dict[str, float]] | None = None, train_seconds: float = 0.0,
+def outcome(status: str, run_id: str, result: Result | None = None,
             error: str | None = None) -> dict[str, Any]:
-    """The final report of a trial: what the driver turns into a run-table row."""
-    return {"outcome": True, "status": status, "diverged": status == "diverged",
-            "run_id": run_id, "val_loss": val_loss,
-            "test_time": sorted((test_time or {}).items()), "stability": stability or {},
-            "trace": trace or [], "train_seconds": train_seconds, "error": error}
+    """The final report of a trial: what the driver turns into a run-table row.
+
+    Test-time curves travel as (T, value) pairs: Tune's results take string keys only.
+    """
+    report = {"outcome": True, "status": status, "diverged": status == "diverged",
+              "run_id": run_id, "error": error, "test_time": [], "test_time_accuracy": [],
+              "stability": {}, "trace": [], "train_seconds": 0.0}
+    if result is not None:
+        report.update(
+            val_loss=result.val_loss, val_accuracy=result.val_accuracy,
+            baseline_loss=result.baseline_loss, learned=result.learned,
+            test_time=sorted(result.test_time.items()),
+            test_time_accuracy=sorted(result.test_time_accuracy.items()),
+            stability=result.stability, trace=result.trace,
+            train_seconds=result.train_seconds, error=result.error)
+    return report
 
 
 class TuneReporter(L.Callback):
@@ -65,7 +74,8 @@ class TuneReporter(L.Callback):
                          "max_state_norm": monitor.history[-1]["max_state_norm"]})
         except SystemExit:
             self.stopped = True
-            monitor.diverge(trainer, trainer.global_step, "stopped by the sweep's stop rule")
+            monitor.diverge(trainer, trainer.global_step,
+                            Verdict("stop_rule", "stop_rule: stopped by the sweep's stop rule"))
 
 
 def _close_orphans(cfg: RunConfig, key: str, error: str) -> str:
@@ -104,9 +114,6 @@ def run_trial(config: dict[str, Any], runs: dict[str, RunConfig],
         raise TrialCrashed(error) from exc
     if reporter.stopped:  # Tune has ended this trial; the driver records it
         return
-    tune.report(outcome(result.status, result.run_id, val_loss=result.val_loss,
-                        test_time=result.test_time, stability=result.stability,
-                        trace=result.trace, train_seconds=result.train_seconds,
-                        error=result.error))
+    tune.report(outcome(result.status, result.run_id, result))
     if result.status == "failed":
         raise TrialCrashed((result.error or "").splitlines()[0] if result.error else "failed")

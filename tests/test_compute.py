@@ -46,7 +46,14 @@ def test_baseline_counts_its_untied_core_once():
     assert base.flops_per_token == 6 * (base.params + HEAD) + 3 * attn * 6
 
 
-@pytest.mark.parametrize("mu", [1, 2, 5, 8, 12])
+def test_one_loop_is_one_step_not_poisson_of_one():
+    cfg = replace(TINY, loops=1, depth_sampling="poisson")
+    assert expected_steps(cfg) == (0.0, 1.0)  # Poisson(1) clamped at 1 would be 1.37
+    assert account(cfg, seq_len=32).flops_per_token == account(
+        replace(cfg, depth_sampling="fixed"), seq_len=32).flops_per_token
+
+
+@pytest.mark.parametrize("mu", [2, 5, 8, 12])
 def test_poisson_expected_steps(mu):
     cfg = replace(TINY, loops=mu, depth_sampling="poisson")
     n, k = expected_steps(cfg)

@@ -122,6 +122,49 @@ def test_bad_grids_exit_2_naming_file_and_key(tmp_path, capsys, sweep, key):
     assert not (tmp_path / "reports" / "t" / "runs.csv").exists()
 
 
+def test_warmup_depth_sampling_and_grad_clip_are_axes():
+    grid = parse_grid(grid_file({"axes": {"loops": [4], "depth_sampling": ["poisson", "fixed"],
+                                          "warmup": [0, 0.1], "grad_clip": [0, 1.0],
+                                          "tokens": [4096]}}))
+    trials = expand(grid)
+    assert len(trials) == 8
+    t = next(t for t in trials if t.point == {"loops": 4, "depth_sampling": "fixed",
+                                              "warmup": 0, "grad_clip": 1.0, "tokens": 4096})
+    assert (t.cfg.model.depth_sampling, t.cfg.train.warmup, t.cfg.train.grad_clip) == (
+        "fixed", 0.0, 1.0)
+    assert t.plan.columns()["depth_sampling"] == "fixed"
+    assert t.key == "loops=4,depth_sampling=fixed,warmup=0,grad_clip=1,tokens=4096"
+
+
+def misplaced_axes(where: str) -> dict:
+    data = grid_file({})
+    axes = {"loops": [1, 2]}
+    if where == "top":
+        data["axes"] = axes
+    elif where == "metadata":
+        data["metadata"]["axes"] = axes
+    elif where == "empty":
+        data["metadata"]["parcae"]["axes"] = None
+    elif where == "base":
+        data["metadata"]["parcae"]["base"] = {**BASE, "axes": axes}
+    elif where == "override":
+        data["metadata"]["parcae"].update(axes={"seed": [0, 1]}, overrides=[
+            {"match": {"seed": 1}, "set": {"model": {"axes": axes}}}])
+    return data
+
+
+@pytest.mark.parametrize(("where", "key"), [
+    ("top", "axes"), ("metadata", "metadata.axes"), ("empty", "metadata.parcae.axes"),
+    ("base", "metadata.parcae.base.axes"),
+    ("override", "metadata.parcae.overrides[0].set.model.axes")])
+def test_misplaced_axes_exit_2_naming_the_key(tmp_path, capsys, where, key):
+    # each of these once ran a one-trial sweep, or blamed the wrong key
+    path = write(tmp_path, misplaced_axes(where))
+    assert main([str(path), "--dry-run", "--reports", str(tmp_path / "reports")]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: '{key}'" in err and "Traceback" not in err
+
+
 def test_missing_name_is_named():
     data = grid_file({"axes": {"loops": [1]}})
     del data["metadata"]["parcae"]["name"]

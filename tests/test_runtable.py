@@ -5,7 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from parcae.runtable import COLUMNS
+from parcae.monitor import RULES
+from parcae.runtable import COLUMNS, TEST_TIME_COLUMNS, append_row, append_test_time, read_rows
 
 README = Path(__file__).parent.parent / "reports" / "README.md"
 
@@ -16,3 +17,22 @@ def test_readme_documents_every_column_with_the_same_meaning():
     documented = {name: meaning.replace("\\|", "|") for name, meaning in rows}
     assert list(documented) == list(COLUMNS)
     assert documented == COLUMNS
+
+
+def test_readme_documents_the_test_time_columns_and_every_divergence_rule():
+    text = README.read_text()
+    tt = text.split("## Test-time table columns", 1)[1].split("\n## ", 1)[0]
+    assert re.findall(r"^\| `([^`]+)` \|", tt, flags=re.M) == list(TEST_TIME_COLUMNS)
+    rules = text.split("## Divergence, collapse and learning", 1)[1]
+    assert re.findall(r"^\| `([^`]+)` \|", rules, flags=re.M) == [*RULES, "stop_rule"]
+
+
+def test_rows_write_booleans_and_missing_values_as_the_readme_says(tmp_path):
+    path = tmp_path / "runs.csv"
+    append_row(path, {"run_id": "a", "learned": True, "val_accuracy": None,
+                      "val_loss": float("nan")})
+    append_test_time(tmp_path / "tt.csv", "a", {1: 2.0, 2: 1.5}, {2: 0.25})
+    (row,) = read_rows(path)
+    assert (row["learned"], row["val_accuracy"], row["val_loss"]) == ("true", "", "")
+    tt = read_rows(tmp_path / "tt.csv")
+    assert [(r["T"], r["val_accuracy"]) for r in tt] == [("1", ""), ("2", "0.25")]

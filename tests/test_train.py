@@ -9,10 +9,16 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from parcae.config import ConfigError
+from parcae.data import DataConfig, build_data
+from parcae.data.corpus import pydoc_books, split_tail
+from parcae.model import ModelConfig
+from parcae.module import DepthSampler
+from parcae.monitor import RULES
 from parcae.run import Result, load, plan, resolve, train_run
 from parcae.train import main
 
@@ -38,22 +44,35 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_each_variant_trains_and_records(injection, tmp_path):
     cfg = resolve(fast(model={"injection": injection, "loops": 3}))
     result = train_run(cfg, tmp_path)
-    assert result.status == "ok", result.error
+    # ten steps leave a run near the unigram; collapsed is the honest verdict when its tokens'
+    # states have also become one
+    assert result.status in ("ok", "collapsed"), result.error
+    if result.status == "collapsed":
+        assert result.learned is False
+        assert result.stability["token_correlation"] >= cfg.monitor.collapse_correlation
     assert result.tokens == 10 * 4 * 32
     assert result.val_loss is not None and result.val_loss < 6.0
-    assert set(result.test_time) == set(range(1, 7 if injection != "baseline" else 3))
+    # the untied baseline has no loop to rerun: its curve is T = 1 only
+    assert set(result.test_time) == (set(range(1, 7)) if injection != "baseline" else {1})
     assert result.stability["max_state_norm"] > 0
     if injection != "baseline":
         assert result.stability["lipschitz"] > 0
     stored = Result.read(tmp_path / "result.json")
-    assert stored.test_time == result.test_time and stored.status == "ok"
+    assert stored.test_time == result.test_time and stored.status == result.status
+    assert stored.design == result.design and stored.design["core_layers"] == 1
+    assert stored.design["effective_depth"] == 3 and stored.design["source"] == "pydoc"
 
 
 def test_training_lowers_the_loss(tmp_path):
-    cfg = resolve(fast(train={"tokens": 12800, "lr": 3e-3, "val_every": 1000},
-                       model={"loops": 2}))
+    # 100 steps of 8 x 32 bytes at a high rate: enough to leave the unigram plateau
+    cfg = resolve(fast(train={"tokens": 25600, "lr": 2e-2, "val_every": 1000},
+                       model={"loops": 2}, data={"batch_size": 8}))
     result = train_run(cfg)
     assert result.val_loss < 3.6  # byte-level start is ln 256 = 5.55 nats
+    # ... and below the unigram, by the margin: it learned, and is no collapse
+    assert result.val_loss < result.baseline_loss - cfg.monitor.learned_margin
+    assert result.learned is True and result.status == "ok"
+    assert abs(result.stability["final_train_loss"] - result.val_loss) < 0.5
 
 
 @pytest.mark.parametrize("injection", ["add", "linear"])
@@ -63,7 +82,9 @@ def test_absurd_learning_rate_is_flagged_diverged_and_recorded(injection, tmp_pa
     result = train_run(cfg, tmp_path)
     assert result.status == "diverged"
     assert result.stability["diverged_step"] is not None
-    assert result.stability["diverged_reason"]
+    rule = result.stability["diverged_rule"]
+    assert rule in RULES and result.stability["diverged_reason"].startswith(f"{rule}: ")
+    assert result.learned is None and result.test_time == {}
     record = json.loads((tmp_path / "result.json").read_text())
     assert record["status"] == "diverged" and record["val_loss"] is None
 
@@ -92,8 +113,12 @@ def test_mlflow_run_holds_params_metrics_and_residuals(tmp_path):
     assert run.data.tags["status"] == "ok" and run.data.tags["injection"] == "diagonal"
     assert run.data.params["model.loops"] == "4"
     for key in ("stability/residual", "stability/rel_residual", "stability/state_norm_4",
-                "stability/rho_A", "stability/lipschitz", "train/loss", "val_loss"):
+                "stability/rho_A", "stability/lipschitz", "stability/state_ratio",
+                "train/loss", "val_loss", "baseline_loss", "learned"):
         assert key in run.data.metrics, key
+    assert run.data.metrics["baseline_loss"] == result.baseline_loss
+    assert run.data.tags["learned"] == str(result.learned).lower()
+    assert "val_accuracy" not in run.data.metrics  # a corpus has no answers
     curve = client.get_metric_history(result.run_id, "test_time/loss")
     assert sorted(m.step for m in curve) == list(range(1, 9))
 
@@ -152,5 +177,66 @@ def test_non_finite_gradient_stops_the_run_and_skips_the_update():
     cfg = resolve(fast())
     result = train_run(cfg, callbacks=(PoisonGradients(),))
     assert result.status == "diverged"
-    assert result.stability["diverged_reason"] == "non-finite gradient norm"
+    assert result.stability["diverged_rule"] == "non_finite"
+    assert result.stability["diverged_reason"] == "non_finite: grad_norm = inf"
     assert result.stability["diverged_step"] == 4
+    assert result.trace[-1]["step"] == 4  # measured at once, off the monitor's schedule
+
+
+# --- golden tiny runs for the run-table columns ---------------------------------------------
+
+PHOP = {"source": "phop", "phop_hops": 1, "phop_length": 16, "phop_alphabet": 4,
+        "seq_len": 16, "batch_size": 16}
+
+
+def test_task_run_records_accuracy_and_the_chance_loss(tmp_path):
+    cfg = resolve(fast(data=PHOP, model={"loops": 2},
+                       train={"tokens": 16 * 16 * 10, "val_batches": 4}))
+    result = train_run(cfg, tmp_path)
+    assert result.status in ("ok", "collapsed"), result.error
+    assert 0 <= result.val_accuracy <= 1
+    assert result.val_accuracy == result.test_time_accuracy[2]
+    assert set(result.test_time_accuracy) == set(result.test_time) == {1, 2, 3, 4}
+    # answers are uniform over the alphabet: the chance predictor's loss is about ln 4
+    assert result.baseline_loss == pytest.approx(math.log(4), abs=0.03)
+    assert result.learned is (result.val_loss < result.baseline_loss - 0.05)
+    assert result.design["source"] == "phop"
+    record = json.loads((tmp_path / "result.json").read_text())
+    assert record["val_accuracy"] == result.val_accuracy
+    assert record["baseline_loss"] == result.baseline_loss
+
+
+def test_corpus_run_has_no_accuracy_and_the_unigram_loss():
+    cfg = resolve(fast())
+    result = train_run(cfg)
+    assert result.val_accuracy is None and result.test_time_accuracy == {}
+    # the unigram of the training split (add-one smoothed) on the same validation batch
+    head, _ = split_tail(pydoc_books()[0].tokens.numpy(), cfg.data.val_fraction)
+    counts = np.bincount(head, minlength=256) + 1.0
+    logp = np.log(counts / counts.sum())
+    (_, y), = build_data(cfg.data).val_batches(1)
+    assert result.baseline_loss == pytest.approx(-logp[y.numpy()].mean(), rel=1e-9)
+    entropy = -(np.exp(logp) * logp).sum()
+    assert abs(result.baseline_loss - entropy) < 0.15
+
+
+def test_one_loop_is_one_fixed_step_everywhere():
+    cfg = resolve(fast(model={"loops": 1, "depth_sampling": "poisson"}))
+    assert cfg.model.fixed_depth and cfg.model.sampling == "fixed"
+    steps = DepthSampler(cfg.model, seed=0)(1000)
+    assert steps.eq(1).all()  # Poisson(1) clamped at 1 would average 1.37
+    p = plan(cfg)
+    assert (p.accounting.steps_nograd, p.accounting.steps_grad) == (0.0, 1.0)
+    assert p.columns()["depth_sampling"] == "fixed" and p.columns()["effective_depth"] == 1
+    looped = ModelConfig(loops=2, depth_sampling="poisson")
+    assert not looped.fixed_depth and DepthSampler(looped, seed=0)(1000).float().std() > 0.5
+    result = train_run(cfg)
+    assert result.design["depth_sampling"] == "fixed"
+
+
+def test_baseline_records_its_effective_depth_and_a_single_loop():
+    cfg = resolve(fast(model={"injection": "baseline", "loops": 3, "core_layers": 2}))
+    columns = plan(cfg).columns()
+    assert (columns["loops"], columns["core_layers"], columns["effective_depth"]) == (1, 2, 6)
+    assert columns["depth_sampling"] == "fixed"
+    assert build_data(DataConfig(source="pydoc")).answer_only is False

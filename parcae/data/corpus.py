@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from parcae.config import ConfigError
-from parcae.data.batch import Batch, stream_generator
+from parcae.data.batch import Batch, marginal_loss, stream_generator
 
 BYTE_VOCAB = 256
 """Vocabulary of the byte tokenizer: every byte value, no special tokens."""
@@ -29,6 +29,8 @@ BYTE_VOCAB = 256
 AUSTEN_ASSET = "austen.txt.xz"
 AUSTEN_SHA256 = "7a122547f03e980e285c63046d1c56f74788387606e8143968acb5d54178047b"
 """SHA-256 of the shipped asset, as printed by ``scripts/extract_austen.py``."""
+_CHUNK = 1 << 24
+"""Tokens counted at a time for the unigram."""
 BOOK_MARKER = re.compile(r"^<<<BOOK: (.+)>>>\n", re.MULTILINE)
 """Header line introducing each book in the asset (written by the extraction script)."""
 
@@ -160,6 +162,15 @@ class WindowSource:
         flat = (np.arange(count, dtype=np.int64) * total) // max(count, 1)
         return [self._windows(self.val, flat[i * self.batch_size : (i + 1) * self.batch_size])
                 for i in range(n_batches)]
+
+    def baseline_loss(self, batches: list[Batch]) -> float:
+        """Loss of the unigram predictor (token frequencies of the training split)."""
+        counts = np.zeros(self.vocab_size, dtype=np.float64)
+        for seg in self.train:
+            for start in range(0, len(seg), _CHUNK):  # memory-mapped token files can be large
+                chunk = np.asarray(seg[start : start + _CHUNK], dtype=np.int64)
+                counts += np.bincount(chunk, minlength=self.vocab_size)
+        return marginal_loss(torch.from_numpy(counts)[None], batches)
 
     def decode(self, ids: Tensor) -> str:
         """Text for byte-level sources; space-separated ids for pre-tokenized files."""

@@ -14,10 +14,18 @@ import torch
 from torch import Tensor
 
 from parcae.config import ConfigError
-from parcae.data.batch import IGNORE_INDEX, Batch, stream_generator
+from parcae.data.batch import (
+    IGNORE_INDEX,
+    Batch,
+    marginal_counts,
+    marginal_loss,
+    stream_generator,
+)
 
 VAL_SEED = 0
 """Seed of the validation stream (its name, 'val', already keeps it apart from training)."""
+BASELINE_EXAMPLES = 4096
+"""Training examples the chance predictor's answer marginals are counted on."""
 
 
 class _TaskSource:
@@ -40,6 +48,14 @@ class _TaskSource:
         """Fixed held-out examples from the 'val' stream (the same for every training seed)."""
         gen = stream_generator(VAL_SEED, "val")
         return [self.make(gen, self.batch_size, val=True) for _ in range(n_batches)]
+
+    def baseline_loss(self, batches: list[Batch]) -> float:
+        """Loss of the chance predictor: the marginal of each answer position (its k-th answer
+        token), counted on training examples from their own stream."""
+        gen = stream_generator(VAL_SEED, "baseline")
+        sample = self.make(gen, BASELINE_EXAMPLES, val=False)
+        positions = int((sample.y != IGNORE_INDEX).sum(dim=-1).max())
+        return marginal_loss(marginal_counts([sample], self.vocab_size, positions), batches)
 
 
 # --- n-ary addition -----------------------------------------------------------------------

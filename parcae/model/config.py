@@ -35,11 +35,13 @@ class ModelConfig:
     """How the input is re-injected each loop step: diagonal (Parcae), linear, add, none,
     or baseline (no loop: `loops` untied copies of the core run once)."""
     loops: int = 4
-    """Mean training recurrence mu_rec (Poisson mean, or the fixed depth)."""
+    """Mean training recurrence mu_rec (Poisson mean, or the fixed depth; 1 is always one
+    fixed step)."""
     backprop_depth: int | None = None
     """Loop steps with gradient mu_bwd; default ceil(loops / 2)."""
     depth_sampling: Literal["poisson", "fixed"] = "poisson"
-    """poisson: T ~ Poisson(loops) per sequence, clamped >= 1; fixed: T = loops."""
+    """poisson: T ~ Poisson(loops) per sequence, clamped >= 1; fixed: T = loops. loops = 1 is
+    always fixed (see ``fixed_depth``)."""
     normalize_injection: bool = True
     """RMSNorm on the prelude output before it is injected."""
     bound_b: bool = False
@@ -78,6 +80,24 @@ class ModelConfig:
     @property
     def looped(self) -> bool:
         return self.injection != "baseline"
+
+    @property
+    def fixed_depth(self) -> bool:
+        """True when every sequence runs exactly ``loops`` steps: fixed sampling, the baseline,
+        or loops = 1 (one loop step is one step, never Poisson(1), whose clamped mean is 1.37).
+        The depth sampler and the compute accounting both ask this."""
+        return self.depth_sampling == "fixed" or self.loops == 1 or not self.looped
+
+    @property
+    def sampling(self) -> str:
+        """The depth sampling actually used: ``fixed`` or ``poisson`` (the run table's cell)."""
+        return "fixed" if self.fixed_depth else "poisson"
+
+    @property
+    def effective_depth(self) -> int:
+        """Core-block applications per forward pass at T = loops: core_layers * loops (the
+        baseline runs its core_layers * loops untied blocks once)."""
+        return self.core_layers * self.loops
 
 
 #: Shapes: (d_model, n_heads, prelude, core, coda). The reference sizes use head dim 128.
