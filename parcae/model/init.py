@@ -1,4 +1,4 @@
-"""Initialisation, in one place (DESIGN.md §2 reference init)."""
+"""Initialisation, in one place (the reference init described in README.md, "The model")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The looped LM: prelude -> recurrent core looped T times -> coda -> tied head (DESIGN.md §2)."""
+"""The looped LM: prelude -> recurrent core looped T times -> coda -> tied head."""
 
 from __future__ import annotations
 
