@@ -1,63 +1,22 @@
 """Collecting trial outcomes into ``reports/<sweep>/`` as each trial ends (on the driver).
 
-Layout (documented for people in ``reports/README.md``):
-
-- ``runs.csv``: the run table, one row per finished trial (``parcae.runtable.COLUMNS``);
-- ``test_time.csv``: long-form test-time curves (run_id, T, val_loss, val_accuracy);
-- ``stability/<trial>.csv``: each trial's stability trace, one row per monitored step;
-- ``sweep.json``: sweep name, grid file, MLflow parent run id and tracking URI.
+Each ending trial becomes a record (``parcae.reports``: row, test-time curve, stability
+trace), saved before its row is appended. The collector never raises into Tune: an exception
+there would count the finished trial as failed and train it again.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-from dataclasses import dataclass
-from pathlib import Path
+import time
+import traceback
 from typing import Any
 
 from ray import tune
 
 from parcae.grid import StopRule, Trial
-from parcae.runtable import append_row, append_test_time, read_rows
+from parcae.reports import Reports
 from parcae.tracking import client_for
-
-
-@dataclass(frozen=True)
-class Reports:
-    """The files of one sweep's reports folder."""
-
-    root: Path
-    """``reports/<sweep name>/``."""
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs.csv"
-
-    @property
-    def test_time(self) -> Path:
-        return self.root / "test_time.csv"
-
-    @property
-    def sweep(self) -> Path:
-        return self.root / "sweep.json"
-
-    def trace(self, key: str) -> Path:
-        return self.root / "stability" / f"{key}.csv"
-
-    def finished(self) -> set[str]:
-        """Trial keys that already have a row (kept, never re-run)."""
-        return {r["trial"] for r in read_rows(self.runs)} if self.runs.exists() else set()
-
-    def read_sweep(self) -> dict[str, Any]:
-        return json.loads(self.sweep.read_text()) if self.sweep.exists() else {}
-
-    def write_sweep(self, info: dict[str, Any]) -> None:
-        tmp = self.sweep.with_suffix(".tmp")
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, self.sweep)
 
 
 class DivergenceStopper(tune.Stopper):
@@ -95,13 +54,15 @@ def _number(value: Any) -> Any:
 
 
 class Collector(tune.Callback):
-    """Writes a trial's row, test-time curve and trace the moment it ends."""
+    """Records a trial the moment it ends: its record, then its curve, trace and row."""
 
     def __init__(self, reports: Reports, sweep: str, trials: dict[str, Trial],
                  stopper: DivergenceStopper, tracking_uri: str | None) -> None:
         self.reports, self.sweep, self.trials = reports, sweep, trials
         self.stopper, self.tracking_uri = stopper, tracking_uri
         self.written: dict[str, str] = {}
+        self.spooled: dict[str, str] = {}
+        """Trials whose record went to the spool: the reports folder could not be written."""
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = dict(trial.last_result or {})
@@ -112,8 +73,8 @@ class Collector(tune.Callback):
                 "diverged_step": result.get("step"), "diverged_rule": "stop_rule",
                 "diverged_reason": f"stop_rule: {reason}"}}
         if result["status"] == "diverged":
-            self._close_diverged(result)
-        self._write(trial.config["key"], result)
+            self._guarded(self._close_diverged, result)
+        self._guarded(self._write, trial.config["key"], result)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         result = dict(trial.last_result or {})
@@ -122,7 +83,15 @@ class Collector(tune.Callback):
             result = {"run_id": result.get("run_id", ""),
                       "error": str(error).strip().splitlines()[-1] if error else "crashed"}
         result["status"] = "failed"
-        self._write(trial.config["key"], result)
+        self._guarded(self._write, trial.config["key"], result)
+
+    @staticmethod
+    def _guarded(step, *args) -> None:
+        try:
+            step(*args)
+        except Exception:  # never into Tune (see the module doc); say what went wrong
+            print(f"parcae.sweep: error while recording a trial:\n{traceback.format_exc()}",
+                  flush=True)
 
     def _close_diverged(self, result: dict[str, Any]) -> None:
         """The stopper may end a trial before it records itself: finish its MLflow run here."""
@@ -152,26 +121,19 @@ class Collector(tune.Callback):
             "diverged_rule": stab.get("diverged_rule"),
             "diverged_reason": reason, "train_seconds": result.get("train_seconds"),
         }
-        # the curve and the trace first: a row means its trial is complete
-        if result.get("test_time"):
-            append_test_time(self.reports.test_time, run_id, dict(result["test_time"]),
-                             dict(result.get("test_time_accuracy") or []))
-        if result.get("trace"):
-            write_trace(self.reports.trace(key), result["trace"])
-        append_row(self.reports.runs, row)
+        record = {"row": row, "written": time.time(),
+                  "test_time": result.get("test_time") or [],
+                  "test_time_accuracy": result.get("test_time_accuracy") or [],
+                  "trace": result.get("trace") or []}
+        try:
+            self.reports.save(key, record)
+        except OSError as exc:
+            path = self.reports.spool_record(key, record)
+            self.spooled[key] = f"{exc.strerror or exc}"
+            print(f"parcae.sweep: cannot write {self.reports.root} ({exc.strerror or exc}): "
+                  f"the record of {key} is kept in {path} and written by the next run of this "
+                  "sweep; the trial is not trained again", flush=True)
         self.written[key] = result["status"]
         loss = "" if row["val_loss"] is None else f", val_loss {row['val_loss']:.4f}"
         print(f"parcae.sweep: [{len(self.written)}/{len(self.trials)}] {key}: {row['status']}"
               f"{loss}" + (f" ({reason})" if reason else ""), flush=True)
-
-
-def write_trace(path: Path, trace: list[dict[str, float]]) -> None:
-    """One row per monitored step; columns are the union of the figures measured."""
-    columns = ["step", *sorted({k for r in trace for k in r} - {"step"})]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(trace)
-    os.replace(tmp, path)

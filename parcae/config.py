@@ -8,9 +8,12 @@ terms of the file and dotted key a user wrote.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,8 +34,8 @@ class ConfigError(ValueError):
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        key = f"'{self.key}'" if self.key else "(top level)"
-        return f"{where}{key}: {self.message}"
+        key = f"'{self.key}': " if self.key else ""
+        return f"{where}{key}{self.message}"
 
     def within(self, prefix: str, source: str | None = None) -> ConfigError:
         key = f"{prefix}.{self.key}" if prefix and self.key else (prefix or self.key)
@@ -100,14 +103,17 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise ConfigError(key, f"expected a number, got {value!r}")
+        number = None
         if isinstance(value, int | float):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # PyYAML reads 1e6 as a string
-            except ValueError:
-                pass
-        raise ConfigError(key, f"expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                number = float(value)  # PyYAML reads 1e6 as a string
+        if number is None:
+            raise ConfigError(key, f"expected a number, got {value!r}")
+        if not math.isfinite(number):  # no setting means infinity; .nan is never a value
+            raise ConfigError(key, f"expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"expected a string, got {value!r}")
@@ -177,6 +183,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(text, "an override must look like key=value")
     key, raw = text.split("=", 1)
+    if not key.strip() or any(not part for part in key.strip().split(".")):
+        raise ConfigError("--set", f"{text!r} names no key: an override must look like "
+                          "section.key=value, e.g. model.loops=8")
     try:
         value = yaml.safe_load(raw) if raw else ""
     except yaml.YAMLError:
@@ -195,9 +204,27 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError("", f"not valid YAML: {exc}", str(path)) from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        what = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        raise ConfigError("", f"not valid YAML: {what}", where) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError("", "expected a mapping at the top level", str(path))
     return data
+
+
+def check_writable(folder: Path, key: str) -> None:
+    """Create ``folder`` if needed and prove a file can be written there, before any work.
+
+    ``key`` names the option the folder came from in the error.
+    """
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{uuid.uuid4().hex}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(key, f"cannot write the folder {folder}: {exc.strerror or exc}") \
+            from None

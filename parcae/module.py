@@ -59,6 +59,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", "must be positive")
+        for key in ("beta1", "beta2"):
+            check(0 <= getattr(self, key) < 1, key, "AdamW's betas lie in [0, 1)")
+        check(self.weight_decay >= 0, "weight_decay", "must be 0 (off) or positive")
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "must lie in [0, 1]")
         check(self.warmup >= 0 and self.cooldown >= 0 and self.warmup + self.cooldown <= 1,
               "warmup", "warmup and cooldown are fractions in [0, 1] summing to at most 1")

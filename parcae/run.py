@@ -26,6 +26,7 @@ from parcae.compute import Accounting, account
 from parcae.config import (
     ConfigError,
     build,
+    check_writable,
     flatten,
     load_yaml,
     parse_override,
@@ -208,6 +209,8 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     """
     source = data_source(cfg)
     p = plan(cfg, source)
+    if out is not None:  # not after hours of training
+        check_writable(out, "--out")
     model_cfg, train = p.model, cfg.train
     if train.threads:
         torch.set_num_threads(train.threads)
@@ -269,15 +272,29 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
         stability=stability, trace=monitor.history, train_seconds=seconds, error=error,
         val_accuracy=curve[loops]["accuracy"] if curve else None, baseline_loss=baseline,
         learned=did_learn, design=p.columns())
+    write_error = None
     if out is not None:
-        result.write(out)
+        try:
+            result.write(out)
+        except OSError as exc:  # the folder changed since the check; MLflow still gets all
+            write_error = f"cannot write {out / 'result.json'}: {exc.strerror or exc}"
     if client is not None:
-        _record(client, result, out)
+        _record(client, result, out if write_error is None else None, write_error)
+    if write_error:
+        raise RecordError(write_error)
     return result
 
 
-def _record(client, result: Result, out: Path | None) -> None:
-    """Final metrics, status tag and the result record in the run's MLflow entry."""
+class RecordError(OSError):
+    """The run trained but its ``result.json`` could not be written (MLflow has the run)."""
+
+
+def _record(client, result: Result, out: Path | None, write_error: str | None = None) -> None:
+    """Final metrics, status tag and the result record in the run's MLflow entry.
+
+    A record that could not be written marks the run FAILED with the reason
+    (``record_error``), whatever its training status.
+    """
     rid = result.run_id
     for t, loss in result.test_time.items():
         client.log_metric(rid, "test_time/loss", loss, step=t)
@@ -303,4 +320,8 @@ def _record(client, result: Result, out: Path | None) -> None:
         client.set_tag(rid, "error", result.error[:4000])
     if out is not None:
         client.log_artifact(rid, str(out / "result.json"))
-    client.set_terminated(rid, "FAILED" if result.status == "failed" else "FINISHED")
+    if write_error:  # the record lives on in MLflow
+        client.log_dict(rid, asdict(result), "result.json")
+        client.set_tag(rid, "record_error", write_error)
+    failed = result.status == "failed" or write_error is not None
+    client.set_terminated(rid, "FAILED" if failed else "FINISHED")

@@ -7,6 +7,7 @@ columns for people; `tests/test_runtable.py` keeps the two in step.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Iterable, Mapping
@@ -106,7 +107,53 @@ def _append(path: Path, header: list[str], rows: Iterable[Mapping[str, object]])
         os.fsync(fh.fileno())
 
 
+def write_table(path: Path, header: list[str], rows: Iterable[Mapping[str, object]]) -> None:
+    """Replace a whole table atomically (a crash leaves the old file or the new one)."""
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=header)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _cell(row.get(k)) for k in header})
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def complete_end(data: bytes) -> int:
+    """Offset just past the last complete CSV record (newlines inside quotes do not count)."""
+    end, quoted = 0, False
+    for i, byte in enumerate(data):
+        if byte == 0x22:  # '"': doubled quotes toggle twice
+            quoted = not quoted
+        elif byte == 0x0A and not quoted:
+            end = i + 1
+    return end
+
+
+def repair_tail(path: Path) -> str | None:
+    """Cut a partial last line (a write interrupted mid-row) off a table.
+
+    Returns what was removed, for the caller's message, or None when the file was whole.
+    """
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    end = complete_end(data)
+    if end == len(data):
+        return None
+    with path.open("r+b") as fh:
+        fh.truncate(end)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return data[end:].decode(errors="replace")
+
+
 def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of a run table as strings; callers convert the columns they use."""
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+    """Rows of a run table as strings; callers convert the columns they use.
+
+    A partial last line (a writer killed mid-row) is not a row and is left out.
+    """
+    data = path.read_bytes()
+    text = data[:complete_end(data)].decode()
+    return list(csv.DictReader(io.StringIO(text, newline="")))

@@ -1,24 +1,26 @@
-"""``python -m parcae.sweep GRID.yaml [--reports DIR] [--dry-run] [--address ADDR]``: a sweep.
+"""``python -m parcae.sweep GRID.yaml [--reports DIR] [--dry-run] [--rebuild] [--address ADDR]``.
 
 Every point of the grid is one Ray Tune trial training through ``parcae.run.train_run``; the
-sweep is an MLflow parent run and each trial a child; ``reports/<name>/`` collects the run
-table as trials finish. Re-running resumes: trials with a row in ``runs.csv`` are kept.
+sweep is an MLflow parent run and each trial a child; ``reports/<name>/`` collects a record
+per trial and the run table as trials finish (``parcae.reports``). Re-running resumes: trials
+with a row in ``runs.csv`` are kept. One sweep at a time writes a reports folder.
 
-Without ``--address`` an embedded Ray sized to this machine runs the trials and is shut down
-at the end. Exit codes: 0 every trial has its row (ok, diverged or failed), 1 some trial
-ended without one, 2 bad input (nothing was started).
+Without ``--address`` an embedded Ray sized to this machine runs the trials, on loopback and
+with token authentication (``parcae.embedded``), and is shut down at the end. Exit codes: 0
+every trial has its row (ok, diverged or failed), 1 some trial ended without one, 2 bad input
+or the reports folder is in use (nothing was started).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import logging
 import os
 import sys
 import time
-import uuid
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -29,8 +31,9 @@ import torch
 from mlflow.exceptions import MlflowException
 from ray import tune
 
-from parcae.collect import Collector, DivergenceStopper, Reports
-from parcae.config import ConfigError, load_yaml, to_dict
+from parcae import embedded
+from parcae.collect import Collector, DivergenceStopper
+from parcae.config import ConfigError, check_writable, load_yaml, to_dict
 from parcae.grid import (
     PREFIX,
     GridConfig,
@@ -41,14 +44,14 @@ from parcae.grid import (
     fmt_value,
     parse_grid,
 )
+from parcae.reports import Reports
 from parcae.run import RunConfig
 from parcae.runtable import read_rows
-from parcae.tracking import DEFAULT_REPORTS, client_for, default_tracking_uri
+from parcae.tracking import DEFAULT_REPORTS, client_for, close_open_children, default_tracking_uri
 from parcae.trial import run_trial
 
-# Ray's local start writes an auth token and phones home unless told not to.
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
-           "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
+#: Ray phones home and Tune writes its own result files unless told not to.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="reports root; the sweep writes REPORTS/<name>/ (default: reports)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the expanded trials and total compute; start nothing")
+    parser.add_argument("--rebuild", action="store_true",
+                        help="write runs.csv, test_time.csv and the traces anew from the "
+                             "trial records; train nothing")
     parser.add_argument("--address", help="join this Ray cluster ('auto' on a head node) "
                         "instead of starting an embedded one")
     return parser.parse_args(argv)
@@ -85,17 +91,6 @@ def trial_table(trials: list[Trial]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
-
-
-def check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{uuid.uuid4().hex}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError("--reports", f"cannot write the reports folder {root}: "
-                          f"{exc.strerror or exc}") from None
 
 
 def check_capacity(grid: GridConfig, cluster_yaml: dict[str, Any], nodes: list[dict]) -> None:
@@ -128,11 +123,8 @@ def open_parent(grid: GridConfig, grid_path: Path, trials: list[Trial], reports:
         if parent is not None:
             client.update_run(parent.info.run_id, status="RUNNING")
             # trials of a killed sweep never closed their runs; none runs now
-            for run in client.search_runs(
-                    [parent.info.experiment_id], max_results=10000,
-                    filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and "
-                                  "attributes.status = 'RUNNING'"):
-                client.set_terminated(run.info.run_id, "KILLED")
+            close_open_children(client, parent.info.run_id, "KILLED",
+                                "the sweep running this trial was killed")
             return parent.info.run_id
     experiment = trials[0].cfg.tracking.experiment
     found = client.get_experiment_by_name(experiment)
@@ -170,8 +162,19 @@ def trial_configs(grid: GridConfig, trials: list[Trial], uri: str | None,
     return runs, tags
 
 
+class PidRecorder(tune.Callback):
+    """Keeps the record of the embedded Ray's processes current as trials start workers."""
+
+    def __init__(self, reports: Reports, temp: Path) -> None:
+        self.reports, self.temp = reports, temp
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        with contextlib.suppress(OSError):
+            embedded.record_pids(self.reports.ray_pids, self.temp)
+
+
 def run_tuner(grid: GridConfig, pending: list[Trial], runs: dict[str, RunConfig],
-              tags: dict[str, dict[str, str]], collector: Collector,
+              tags: dict[str, dict[str, str]], callbacks: list[tune.Callback],
               stopper: DivergenceStopper, storage: Path) -> None:
     # longest first, so the last trials to start are short and the cores stay busy to the end
     keys = [t.key for t in sorted(pending, key=lambda t: -t.plan.flops)]
@@ -188,7 +191,7 @@ def run_tuner(grid: GridConfig, pending: list[Trial], runs: dict[str, RunConfig]
             trial_dirname_creator=lambda t: f"trial_{ids[t.config['key']]}_{t.trial_id}"),
         run_config=tune.RunConfig(
             name=f"{grid.name}-{time.strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str(storage.resolve()), stop=stopper, callbacks=[collector],
+            storage_path=str(storage.resolve()), stop=stopper, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=grid.retries), verbose=0))
     # Tune warns that it finds no metric files: its file loggers are off, the reports are ours
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
@@ -198,7 +201,29 @@ def run_tuner(grid: GridConfig, pending: list[Trial], runs: dict[str, RunConfig]
 def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[Trial],
               reports_root: Path, address: str | None) -> int:
     reports = Reports(reports_root / grid.name)
-    check_writable(reports.root)
+    cpus, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
+    if not address:  # before anything is created: a refused request leaves nothing behind
+        check_capacity(grid, {}, [{"Resources": {"CPU": cpus, "GPU": gpus}}])
+    check_writable(reports.root, "--reports")
+    with reports.lock() as took_over:
+        if took_over:
+            print(f"parcae.sweep: {reports.root}: {took_over}", flush=True)
+        killed = embedded.reap_orphans(reports.ray_pids)
+        if killed:
+            print(f"parcae.sweep: stopped {len(killed)} processes left by the embedded Ray of "
+                  f"an earlier sweep that was killed: PIDs {killed}", flush=True)
+        for note in reports.reconcile():
+            print(f"parcae.sweep: {note}", flush=True)
+        # Ray's processes and Tune's trials inherit the driver's environment: give them the
+        # part trials need only (no cloud credentials or other secrets)
+        with embedded.scrubbed_environment():
+            return _sweep(grid, grid_path, raw, trials, reports, reports_root, address,
+                          (cpus, gpus))
+
+
+def _sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[Trial],
+           reports: Reports, reports_root: Path, address: str | None,
+           machine: tuple[int, int]) -> int:
     done = reports.finished()
     pending = [t for t in trials if t.key not in done]
     tracking = trials[0].cfg.tracking
@@ -206,6 +231,8 @@ def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: li
     print(f"parcae.sweep: {grid.name}: {len(trials)} trials, {len(trials) - len(pending)} "
           f"already finished, {len(pending)} to run; reports in {reports.root}", flush=True)
     parent, status, started = None, "FINISHED", time.perf_counter()
+    reason = "its worker died before ending it; the trial was retried or recorded by the sweep"
+    temp, collector = None, None
     try:
         if pending:
             for key, value in RAY_ENV.items():
@@ -214,10 +241,8 @@ def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: li
                 ray.init(address=address, logging_level="WARNING")
                 check_capacity(grid, raw, ray.nodes())
             else:
-                cpus, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
-                check_capacity(grid, {}, [{"Resources": {"CPU": cpus, "GPU": gpus}}])
-                ray.init(num_cpus=cpus, num_gpus=gpus, include_dashboard=False,
-                         logging_level="WARNING")
+                temp = embedded.start(*machine)
+                embedded.record_pids(reports.ray_pids, temp)
         if uri:
             parent = open_parent(grid, grid_path, trials, reports, uri,
                                  reports_root / "mlartifacts")
@@ -228,15 +253,34 @@ def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: li
             runs, tags = trial_configs(grid, pending, uri, parent)
             stopper = DivergenceStopper(grid.stop)
             collector = Collector(reports, grid.name, {t.key: t for t in pending}, stopper, uri)
-            run_tuner(grid, pending, runs, tags, collector, stopper, reports.root / "tune")
-    except BaseException:
-        status = "KILLED"
+            callbacks: list[tune.Callback] = [collector]
+            if temp:
+                callbacks.append(PidRecorder(reports, temp))
+            # Tune's own state is not needed to resume (the records are): keep it private
+            storage = temp / "tune" if temp else reports.root / "tune"
+            run_tuner(grid, pending, runs, tags, callbacks, stopper, storage)
+    except BaseException as exc:
+        status, reason = "KILLED", f"the sweep was interrupted ({type(exc).__name__})"
         raise
     finally:
-        if ray.is_initialized():
+        if temp:
+            embedded.stop(temp, reports.ray_pids)
+        elif ray.is_initialized():
             ray.shutdown()
         if parent:
-            client_for(uri).set_terminated(parent, status)
+            client = client_for(uri)
+            closed = close_open_children(client, parent, "KILLED" if status == "KILLED"
+                                         else "FAILED", reason)
+            if closed:
+                print(f"parcae.sweep: closed {len(closed)} MLflow runs left open: {reason}",
+                      flush=True)
+            client.set_terminated(parent, status)
+    return summary(grid, trials, reports, started, collector)
+
+
+def summary(grid: GridConfig, trials: list[Trial], reports: Reports, started: float,
+            collector: Collector | None) -> int:
+    """Print the outcome; 1 when some trial has no row (or only a spooled record)."""
     keys = {t.key for t in trials}
     rows = [r for r in read_rows(reports.runs) if r["trial"] in keys] if reports.runs.exists() \
         else []
@@ -244,10 +288,25 @@ def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: li
     counts = Counter(r["status"] for r in rows)
     print(f"parcae.sweep: {grid.name}: {dict(counts)} in {time.perf_counter() - started:.1f} s; "
           f"run table {reports.runs}", flush=True)
+    spooled = collector.spooled if collector else {}
+    if spooled:
+        print(f"parcae.sweep: {len(spooled)} finished trials could not be written to "
+              f"{reports.root} and are kept in {reports.spool}; run the sweep again once the "
+              "folder is writable to write them (nothing is trained again)", file=sys.stderr)
+    missing = [k for k in missing if k not in spooled]
     if missing:
         print(f"parcae.sweep: {len(missing)} trials ended without a row: {missing}",
               file=sys.stderr)
-        return 1
+    return 1 if missing or spooled else 0
+
+
+def rebuild(reports: Reports) -> int:
+    if not reports.root.is_dir():
+        raise ConfigError("--rebuild", f"no reports folder {reports.root}")
+    check_writable(reports.root, "--reports")
+    with reports.lock():
+        for note in reports.rebuild():
+            print(f"parcae.sweep: {note}", flush=True)
     return 0
 
 
@@ -260,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             print_plan(trials, Reports(args.reports / grid.name).finished())
             return 0
+        if args.rebuild:
+            return rebuild(Reports(args.reports / grid.name))
         return run_sweep(grid, args.grid, raw, trials, args.reports, args.address)
     except ConfigError as exc:
         if exc.source is None and not exc.key.startswith("--"):

@@ -65,3 +65,22 @@ def open_run(cfg: TrackingConfig, name: str, tags: Mapping[str, str]) -> tuple[M
         all_tags["mlflow.parentRunId"] = cfg.parent_run_id
     run = client.create_run(experiment_id(client, cfg.experiment), tags=all_tags)
     return client, run.info.run_id
+
+
+def close_open_children(client: MlflowClient, parent_run_id: str, status: str,
+                        reason: str) -> list[str]:
+    """End every child run of a sweep still marked RUNNING, saying why; returns their ids.
+
+    Nothing of a sweep runs once it ends: a child still RUNNING belongs to a worker that died
+    (its trial was retried or abandoned) or to a sweep that was killed.
+    """
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs(
+        [parent.info.experiment_id], max_results=10000,
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and "
+                      "attributes.status = 'RUNNING'")
+    for run in runs:
+        client.set_tag(run.info.run_id, "status", "failed" if status == "FAILED" else "killed")
+        client.set_tag(run.info.run_id, "error", reason)
+        client.set_terminated(run.info.run_id, status)
+    return [r.info.run_id for r in runs]

@@ -5,7 +5,8 @@
 `ray submit` copies this script alone to the head and runs it with python; the grid file is
 there as ~/ray_bootstrap_config.yaml and parcae was installed by the grid's setup_commands.
 Reports go to ~/reports/<name>/ on the head; MLflow to the server the head started on port
-5000 (unless MLFLOW_TRACKING_URI is set).
+5000 of its private address (unless MLFLOW_TRACKING_URI is set), logging in with
+~/.mlflow/credentials where its basic authentication is on (see the grid file).
 """
 
 import os

@@ -59,14 +59,18 @@ def _compute_table(tmp: Path, seed: int, noise: float) -> Path:
 def test_compute_law_recovered_with_ci_coverage(tmp_path: Path, workers: Workers) -> None:
     truth = {"E": 1.7, "A": 2.0e3, "alpha": 0.2}
     hits = []
+    # One run per budget: hold out the largest single run (the default needs 3 and skips).
+    spec = only("compute", **{"heldout.min_runs": 1})
     for seed in range(5):
-        result = fit_table(load(_compute_table(tmp_path, seed, 0.003)), only("compute"), workers)
+        result = fit_table(load(_compute_table(tmp_path, seed, 0.003)), spec, workers)
         record = result.laws["compute"]["all"]
-        assert record["status"] == "ok" and record["converged"]
+        assert record["status"] == "ok" and record["converged"] and record["flags"] == []
         hits.append(all(covered(record, {"E": 1.7, "alpha": 0.2}).values()))
-        assert record["heldout_rel_error"] < 0.02
+        assert record["heldout_rel_error"] < 0.02 and record["heldout"]["n_heldout"] == 1
     assert sum(hits) >= 4, hits
     low = fit_table(load(_compute_table(tmp_path, 9, 0.0005)), only("compute", 0), workers)
+    assert "has 1 runs of the largest budget, needs 3" in \
+        low.laws["compute"]["all"]["heldout"]["reason"]
     params = low.laws["compute"]["all"]["params"]
     assert params["alpha"] == pytest.approx(truth["alpha"], rel=0.03)
     assert params["E"] == pytest.approx(truth["E"], rel=0.01)
@@ -105,9 +109,13 @@ def test_isoflop_exponents_recovered(tmp_path: Path, workers: Workers) -> None:
                              loops_exponent=0.4, loops_at_1e18=3.0, params=5e7, noise=0.002)
         result = fit_table(load(write(tmp_path / f"iso{seed}", runs)), only("isoflop"), workers)
         record = result.laws["isoflop"]["all"]
-        assert record["status"] == "ok" and record["n_budgets"] == 6
+        # mu* = 47.5 at 1e21, between the sampled 32 and 64: with noise the lowest loss may
+        # fall on the edge (64); that budget is then dropped and listed.
+        assert record["status"] == "ok" and record["n_budgets"]["loops"] >= 5
+        assert all("edge" in d["reason"] and d["flops"] == pytest.approx(1e21)
+                   for d in record["dropped_budgets"])
         hits.append(all(covered(record, {"loops_exponent": 0.4, "tokens_exponent": 0.6}).values()))
-        lo, hi = record["ols_ci95"]["loops_exponent"]
+        lo, hi = record["wls_ci95"]["loops_exponent"]
         assert lo < record["params"]["loops_exponent"] < hi
     assert sum(hits) >= 3, hits
     runs = isoflop_sweep(np.random.default_rng(11), np.geomspace(1e18, 1e21, 6),

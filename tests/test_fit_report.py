@@ -39,18 +39,19 @@ def test_outputs_and_mlflow_artifacts(tmp_path: Path) -> None:
     table = doc["tables"]["tracked"]
     assert table["excluded"][0]["reason"] == "diverged: state norm above 1e4"
     for law in ("compute", "parametric", "isoflop", "test_time", "unified"):
-        records = [r for r in table["laws"][law].values() if r["status"] == "ok"]
+        records = [r for r in table["laws"][law].values() if r["status"] in ("ok", "flagged")]
         assert records, law
         for r in records:
             assert set(r["ci95"]) == set(r["params"]) and r["n_points"] > 0
             assert "heldout_rel_error" in r and "loss" in r and "excluded" in r
     report = (folder / "report.md").read_text()
-    for png in ("compute.png", "isoflop.png", "isoflop_optima.png", "test_time.png",
-                "stability.png"):
+    for png in ("compute.png", "isoflop.png", "isoflop_optima.png", "test_time.png"):
         assert (folder / png).stat().st_size > 0 and f"]({png})" in report
+    # the synthetic table has no stability traces: the report says so instead of a figure
+    assert "- Not drawn, stability over training: no stability traces" in report
 
     logged = {a.path for a in client.list_artifacts(run_id, "fit")}
-    assert {"fit/fits.json", "fit/report.md", "fit/stability.png"} <= logged
+    assert {"fit/fits.json", "fit/report.md", "fit/compute.png"} <= logged
     assert any("logged to MLflow" in s for s in said)
 
 

@@ -201,7 +201,7 @@ def test_missing_sweep_block_via_the_cli(tmp_path):
 def test_dry_run_prints_trials_and_total_compute(capsys):
     assert main(["grids/smoke.yaml", "--dry-run", "--reports", "/nonexistent/x"]) == 0
     out = capsys.readouterr().out
-    assert "loops=4,flops=" in out and "total compute" in out
+    assert "loops=4,seed=0,flops=" in out and "total compute" in out
 
 
 def test_ray_submit_script_reads_the_bootstrap_config(tmp_path):

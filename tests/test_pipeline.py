@@ -19,9 +19,9 @@ GRID = {
         "name": "pipeline",
         "base": {"model": {"preset": "tiny"},
                  "data": {"source": "pydoc", "batch_size": 8, "seq_len": 32},
-                 "train": {"val_every": 50, "test_time_loops": [1, 2, 3, 4, 6]},
+                 "train": {"lr": 1.0e-2, "val_every": 50, "test_time_loops": [1, 2, 3, 4, 6]},
                  "monitor": {"every": 10, "lipschitz_every": 50}},
-        "axes": {"loops": [1, 2], "tokens": [4096, 8192, 16384, 32768]},
+        "axes": {"loops": [1, 2], "tokens": [8192, 16384, 32768, 65536]},
         "resources": {"cpus": 1},
         "concurrency": 2,
     }},
@@ -41,16 +41,19 @@ def test_sweep_then_fit(tmp_path):
     assert fit.returncode == 0, fit.stderr[-3000:]
     out = reports / "pipeline"
     table = json.loads((out / "fits.json").read_text())["tables"]["pipeline"]
-    assert table["n_usable"] == 8
+    # every run of this grid leaves the unigram plateau, so every run enters the fits
+    assert table["n_usable"] == 8, table["excluded"]
     for law in ("compute", "parametric"):
         record = table["laws"][law]["all"]
-        assert record["status"] == "ok", record
-        assert record["n_points"] == 8
+        # eight tiny runs rarely identify a law: fitted, possibly flagged, always with bounds
+        assert record["status"] in ("ok", "flagged"), record
+        assert record["n_points"] == 8 and record["bounds"]
+        assert record["status"] == "ok" or record["flags"]
         lo, hi = record["ci95"]["alpha"]
         assert lo <= record["params"]["alpha"] <= hi
     # more data lowers the loss, so the fitted compute exponent is positive
     assert table["laws"]["compute"]["all"]["params"]["alpha"] > 0
-    assert any(r["status"] == "ok" for r in table["laws"]["test_time"].values())
+    assert any(r["status"] in ("ok", "flagged") for r in table["laws"]["test_time"].values())
     assert (out / "report.md").read_text().startswith("# Fits")
     assert list(out.glob("*.png")) or list(out.glob("**/*.png"))
     # the fit is logged to the sweep's MLflow parent run

@@ -110,7 +110,9 @@ def test_mlflow_run_holds_params_metrics_and_residuals(tmp_path):
     client = MlflowClient(uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["status"] == "ok" and run.data.tags["injection"] == "diagonal"
+    # ten steps learn nothing, so the run may end collapsed; the record must say which
+    assert result.status in ("ok", "collapsed")
+    assert run.data.tags["status"] == result.status and run.data.tags["injection"] == "diagonal"
     assert run.data.params["model.loops"] == "4"
     for key in ("stability/residual", "stability/rel_residual", "stability/state_norm_4",
                 "stability/rho_A", "stability/lipschitz", "stability/state_ratio",

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from parcae.fit import files
 from parcae.fit.bootstrap import Workers
 from parcae.fit.pipeline import TableFit, fit_table
 from parcae.fit.spec import FitSpec, load_spec
@@ -26,7 +27,7 @@ class FitOutcome:
     result: TableFit | None
     """The fits, or None when the table could not be read."""
     out: Path | None
-    """Folder holding fits.json, report.md and the figures."""
+    """Folder holding fits.json, bootstrap.npz, report.md and the figures."""
     error: str | None = None
     """Why the table could not be used at all."""
 
@@ -60,19 +61,25 @@ def _fit_one(source: Path, spec: FitSpec, out: Path | None, several: bool, pool:
     from parcae.fit import plots, publish, report  # matplotlib and mlflow load only here
 
     try:
-        table = load(source)
+        table = load(source, spec)
     except TableError as exc:
         say(str(exc))
         return FitOutcome(source, None, None, str(exc))
+    for note in table.notes:
+        say(note)
     result = fit_table(table, spec, pool)
     for message in result.messages:
         say(message)
     folder = table.folder if out is None else (out / table.name if several else out)
     folder.mkdir(parents=True, exist_ok=True)
     figures = plots.draw_all(result, folder)
+    files.write_samples(folder / "bootstrap.npz", result.samples)
     report.write_json(folder / "fits.json", report.fits_document([result], spec))
     report.write_markdown(folder / "report.md", result, figures, spec_label)
-    say(f"{table.name}: {result.fitted} fits; wrote {folder / 'fits.json'} and report.md")
-    files = [folder / "fits.json", folder / "report.md", *[folder / f for _, f in figures]]
-    publish.publish(table, files, say)
+    flagged = sum(r["status"] == "flagged" for s in result.laws.values() for r in s.values())
+    say(f"{table.name}: {result.fitted} fits ({flagged} flagged); wrote "
+        f"{folder / 'fits.json'}, bootstrap.npz and report.md")
+    written = [folder / "fits.json", folder / "bootstrap.npz", folder / "report.md",
+               *[folder / f for _, f in figures]]
+    publish.publish(table, written, say)
     return FitOutcome(source, result, folder)

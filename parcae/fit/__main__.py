@@ -38,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, TableError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    from parcae.fit import findings, summary
+
+    for outcome in outcomes:  # what each table shows, in sentences (also atop report.md)
+        if outcome.result is not None:
+            print(summary.terminal(outcome.result.table.name, findings.of_fit(outcome.result)))
     if not any(o.fitted for o in outcomes):
         print("error: nothing could be fitted (see the messages above).", file=sys.stderr)
         return 2

@@ -4,12 +4,23 @@ A :class:`Job` is one fit's bootstrap: a module-level replicate function, its pa
 replicate count. All jobs of a table are cut into chunks and handed to one process pool at
 once, so many small fits (one test-time curve per model) keep the workers as busy as one
 large fit. Replicate ``i`` of a job always gets the seed ``(seed, i)``, so results do not
-depend on the number of workers or the chunking.
+depend on the number of workers or the chunking. A batched job's function takes the list of
+a chunk's generators and returns one result per generator (the log-sum-exp laws refit a
+whole chunk at once, see :mod:`parcae.fit.batch`).
+
+Workers end with the command: each asks the kernel for SIGKILL when its parent dies
+(``PR_SET_PDEATHSIG`` on Linux), so killing the command, even with SIGKILL, leaves no
+orphaned workers spinning on the cores.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
+import os
+import signal
+import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -18,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
-#: replicate(payload, rng) -> parameter vector, or None when the replicate cannot be fitted.
-Replicate = Callable[[Any, np.random.Generator], "np.ndarray | None"]
+#: replicate(payload, rng) -> parameter vector, or None when the replicate cannot be fitted;
+#: for a batched job, replicate(payload, [rng, ...]) -> [vector or None, ...].
+Replicate = Callable[[Any, Any], Any]
+
+_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -28,6 +42,7 @@ class Job:
     payload: Any
     n: int
     seed: int
+    batched: bool = False
 
 
 class Workers:
@@ -52,7 +67,7 @@ class Workers:
             # fork: a spawned worker re-imports the caller's main module, which breaks
             # scripts without a ``__main__`` guard.
             self._pool = ProcessPoolExecutor(self.n, mp_context=get_context("fork"),
-                                             initializer=_one_blas_thread)
+                                             initializer=_init_worker, initargs=(os.getpid(),))
         return list(self._pool.map(fn, *iterables, chunksize=chunksize))
 
     def __enter__(self) -> Workers:
@@ -67,6 +82,30 @@ class Workers:
             self._limits.restore_original_limits()
 
 
+def _init_worker(parent: int) -> None:
+    _die_with_parent(parent)
+    _one_blas_thread()
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent exits; poll where prctl is missing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        ok = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        ok = False
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+    if not ok:
+        threading.Thread(target=_watch, args=(parent,), daemon=True).start()
+
+
+def _watch(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
 def _one_blas_thread() -> Any:
     try:
         from threadpoolctl import threadpool_limits
@@ -76,7 +115,10 @@ def _one_blas_thread() -> Any:
 
 
 def run_jobs(jobs: Sequence[Job], workers: Workers) -> list[np.ndarray]:
-    """For each job, its successful replicates as an array (n_ok, k); (0, 0) when none."""
+    """For each job, its successful replicates as an array (n_ok, k); (0, 0) when none.
+
+    Results are in replicate order whatever the number of workers.
+    """
     chunks = _chunks(jobs, workers.n)
     results = workers.map(_run_chunk, *zip(*chunks, strict=True)) if chunks else []
     per_job: list[list[np.ndarray]] = [[] for _ in jobs]
@@ -93,18 +135,16 @@ def _chunks(jobs: Sequence[Job], workers: int) -> list[tuple]:
     for index, job in enumerate(jobs):
         for start in range(0, job.n, size):
             out.append((index, job.replicate, job.payload, job.seed,
-                        range(start, min(start + size, job.n))))
+                        range(start, min(start + size, job.n)), job.batched))
     return out
 
 
-def _run_chunk(index: int, replicate: Replicate, payload: Any, seed: int, reps: range
-               ) -> list[np.ndarray]:
-    out = []
-    for i in reps:
-        value = replicate(payload, np.random.default_rng([seed, i]))
-        if value is not None and np.all(np.isfinite(value)):
-            out.append(np.asarray(value, dtype=float))
-    return out
+def _run_chunk(index: int, replicate: Replicate, payload: Any, seed: int, reps: range,
+               batched: bool) -> list[np.ndarray]:
+    rngs = [np.random.default_rng([seed, i]) for i in reps]
+    values = replicate(payload, rngs) if batched else [replicate(payload, r) for r in rngs]
+    return [np.asarray(v, dtype=float) for v in values
+            if v is not None and np.all(np.isfinite(v))]
 
 
 def resample_groups(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -1,5 +1,12 @@
-"""IsoFLOP analysis: per budget, parabolas of loss in log loops and log tokens; the minima
-give mu* = k_mu C^loops_exponent and D* = k_D C^tokens_exponent, regressed by OLS on logs.
+"""IsoFLOP analysis on any axis: per FLOP budget, a parabola of loss in log <axis> around
+the budget's lowest loss gives the optimum <axis>*; a weighted regression of log <axis>* on
+log C gives <axis>* = k C^x (Chinchilla's approach 2 with the axis ``params``).
+
+Budgets are runs whose FLOPs agree within a relative tolerance. A budget's optimum is
+dropped (with its reason) when the lowest loss is at the edge of the sampled range, the
+parabola opens downward or its vertex leaves the window. Each optimum is weighted by the
+inverse of its variance (delta method on the parabola's coefficients, residual variance
+pooled over the budgets).
 """
 
 from __future__ import annotations
@@ -10,9 +17,6 @@ import numpy as np
 import statsmodels.api as sm
 
 from parcae.fit.spec import IsoflopSpec
-
-#: Published parameter names, in the order of replicate vectors.
-PARAMS = ("loops_exponent", "tokens_exponent", "loops_coefficient", "tokens_coefficient")
 
 
 def budgets(flops: np.ndarray, rel_tol: float) -> np.ndarray:
@@ -30,66 +34,112 @@ def budgets(flops: np.ndarray, rel_tol: float) -> np.ndarray:
 @dataclass(frozen=True)
 class Data:
     flops: np.ndarray
-    loops: np.ndarray
-    tokens: np.ndarray
+    axes: dict[str, np.ndarray]
+    """Axis name -> value per row (loops, tokens, params, ...)."""
     loss: np.ndarray
     budget: np.ndarray
     """Budget label per row (from :func:`budgets`)."""
 
+    def take(self, idx: np.ndarray) -> Data:
+        return Data(self.flops[idx], {a: v[idx] for a, v in self.axes.items()}, self.loss[idx],
+                    self.budget[idx])
 
-def parabola_minimum(x: np.ndarray, loss: np.ndarray, interior: bool
-                     ) -> tuple[float, np.ndarray] | str:
-    """(x at the minimum, quadratic coefficients high first), or why there is none."""
-    if len(np.unique(x)) < 3:
-        return f"{len(np.unique(x))} distinct values, a parabola needs 3"
-    coef = np.polyfit(x, loss, 2)
-    if coef[0] <= 0:
+
+def parabola_minimum(x: np.ndarray, loss: np.ndarray, spec: IsoflopSpec) -> dict | str:
+    """The optimum in the window around the lowest loss, or why there is none.
+
+    Returns ``opt`` (log x*), ``parabola`` (coefficients in log x, highest first), ``window``
+    ([lo, hi] of x), ``ssr``, ``dof`` and ``var_factor`` (variance of log x* per unit
+    residual variance).
+    """
+    distinct = np.unique(x)
+    if len(distinct) < 3:
+        return f"{len(distinct)} distinct values, a parabola needs 3"
+    best = x[np.argmin(loss)]
+    if spec.require_interior_minimum and best in (distinct[0], distinct[-1]):
+        return (f"lowest loss at the {'low' if best == distinct[0] else 'high'} edge of the "
+                f"sampled range ({np.exp(best):.4g}): extend the range past the optimum")
+    near = distinct[np.abs(distinct - best) <= spec.window]
+    if len(near) < 3:
+        near = distinct[np.argsort(np.abs(distinct - best))[:3]]
+    rows = np.isin(x, near)
+    xs, ys = x[rows], loss[rows]
+    centre = xs.mean()
+    design = np.column_stack([(xs - centre) ** 2, xs - centre, np.ones_like(xs)])
+    coef, *_ = np.linalg.lstsq(design, ys, rcond=None)
+    a, b = coef[0], coef[1]
+    if a <= 0:
         return "parabola opens downward (no minimum)"
-    x_min = -coef[1] / (2 * coef[0])
-    if interior and not x.min() <= x_min <= x.max():
-        return "minimum outside the sampled range"
-    return float(x_min), coef
+    opt = centre - b / (2 * a)
+    if spec.require_interior_minimum and not near.min() <= opt <= near.max():
+        return "parabola minimum outside the window it was fitted in"
+    grad = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])
+    var_factor = float(grad @ np.linalg.pinv(design.T @ design) @ grad)
+    a, b, c = coef  # back to coefficients of the uncentred log x, for plots
+    parabola = [a, b - 2 * a * centre, a * centre ** 2 - b * centre + c]
+    return {"opt": float(opt), "parabola": [float(v) for v in parabola],
+            "window": [float(np.exp(near.min())), float(np.exp(near.max()))],
+            "ssr": float(((design @ coef - ys) ** 2).sum()), "dof": int(len(xs) - 3),
+            "var_factor": var_factor, "n_window": int(len(xs))}
 
 
 def minima(data: Data, spec: IsoflopSpec) -> list[dict]:
-    """One entry per budget: its FLOPs, the optimal loops and tokens, or why it is unusable."""
+    """One entry per budget: FLOPs, runs, and per axis the optimum or ``<axis>_reason``."""
     out = []
     for b in np.unique(data.budget):
         rows = data.budget == b
         entry: dict = {"flops": float(np.exp(np.log(data.flops[rows]).mean())),
                        "n_points": int(rows.sum())}
-        if rows.sum() < spec.min_points_per_budget:
-            entry["reason"] = f"{int(rows.sum())} runs, needs {spec.min_points_per_budget}"
-            out.append(entry)
-            continue
-        for name, col in (("loops", data.loops), ("tokens", data.tokens)):
-            found = parabola_minimum(np.log(col[rows]), data.loss[rows],
-                                     spec.require_interior_minimum)
+        for axis, values in data.axes.items():
+            if rows.sum() < spec.min_points_per_budget:
+                entry[f"{axis}_reason"] = f"{int(rows.sum())} runs, needs " \
+                                          f"{spec.min_points_per_budget}"
+                continue
+            found = parabola_minimum(np.log(values[rows]), data.loss[rows], spec)
             if isinstance(found, str):
-                entry["reason"] = f"{name}: {found}"
-                break
-            entry[f"{name}_opt"] = float(np.exp(found[0]))
-            entry[f"{name}_parabola"] = [float(c) for c in found[1]]
+                entry[f"{axis}_reason"] = found
+                continue
+            entry[f"{axis}_opt"] = float(np.exp(found.pop("opt")))
+            entry |= {f"{axis}_{k}": v for k, v in found.items()}
         out.append(entry)
+    _weights(out, list(data.axes))
     return out
 
 
-def regress(points: list[dict]) -> dict[str, sm.regression.linear_model.RegressionResults]:
-    """OLS of log optimum on log FLOPs for loops and tokens over the usable budgets."""
-    good = [p for p in points if "reason" not in p]
+def _weights(points: list[dict], axes: list[str]) -> None:
+    """Set ``<axis>_sd_log`` per optimum from the residual variance pooled over budgets."""
+    for axis in axes:
+        good = [p for p in points if f"{axis}_opt" in p]
+        dof = sum(p[f"{axis}_dof"] for p in good)
+        if dof == 0:
+            continue  # parabolas through 3 points: no variance to pool, equal weights
+        sigma2 = sum(p[f"{axis}_ssr"] for p in good) / dof
+        for p in good:
+            p[f"{axis}_sd_log"] = float(np.sqrt(max(sigma2 * p[f"{axis}_var_factor"], 1e-30)))
+
+
+def usable(points: list[dict], axis: str) -> list[dict]:
+    return [p for p in points if f"{axis}_opt" in p]
+
+
+def regress(points: list[dict], axis: str):  # -> statsmodels RegressionResults
+    """Weighted least squares of log <axis>* on log C over the budgets usable for ``axis``."""
+    good = usable(points, axis)
     log_c = sm.add_constant(np.log([p["flops"] for p in good]))
-    return {name: sm.OLS(np.log([p[f"{name}_opt"] for p in good]), log_c).fit()
-            for name in ("loops", "tokens")}
+    y = np.log([p[f"{axis}_opt"] for p in good])
+    sd = np.array([p.get(f"{axis}_sd_log", 1.0) for p in good])
+    return sm.WLS(y, log_c, weights=1.0 / sd ** 2).fit()
 
 
-def usable(points: list[dict]) -> int:
-    return sum("reason" not in p for p in points)
+def names(axes: list[str]) -> tuple[str, ...]:
+    """Published parameter names, in the order of replicate vectors."""
+    return (*[f"{a}_exponent" for a in axes], *[f"{a}_coefficient" for a in axes])
 
 
 def params_of(fits: dict) -> np.ndarray:
-    """Replicate vector in :data:`PARAMS` order."""
-    return np.array([fits["loops"].params[1], fits["tokens"].params[1],
-                     np.exp(fits["loops"].params[0]), np.exp(fits["tokens"].params[0])])
+    """Replicate vector in :func:`names` order for ``fits`` (axis -> regression)."""
+    return np.array([*[f.params[1] for f in fits.values()],
+                     *[np.exp(f.params[0]) for f in fits.values()]])
 
 
 def replicate(payload: tuple[Data, IsoflopSpec], rng: np.random.Generator) -> np.ndarray | None:
@@ -97,9 +147,7 @@ def replicate(payload: tuple[Data, IsoflopSpec], rng: np.random.Generator) -> np
     data, spec = payload
     idx = np.concatenate([rng.choice(np.flatnonzero(data.budget == b), (data.budget == b).sum())
                           for b in np.unique(data.budget)])
-    sample = Data(data.flops[idx], data.loops[idx], data.tokens[idx], data.loss[idx],
-                  data.budget[idx])
-    points = minima(sample, spec)
-    if usable(points) < 2:
+    points = minima(data.take(idx), spec)
+    if any(len(usable(points, a)) < 2 for a in data.axes):
         return None
-    return params_of(regress(points))
+    return params_of({a: regress(points, a) for a in data.axes})

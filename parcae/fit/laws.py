@@ -45,7 +45,7 @@ class Law:
         """Published names: ``log_X`` coordinates become ``X`` (exponentiated)."""
         return tuple(natural_name(c) for c in self.coords)
 
-    def _terms(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+    def terms_of(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
         """(G, 1 + terms, n) exponents for coordinates (G, k) and features (terms, n)."""
         coef = theta[:, 1::2, None]
         rate = theta[:, 2::2, None]
@@ -55,13 +55,13 @@ class Law:
     def log_predict(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
         """log L for one (k,) or many (G, k) coordinate vectors; features ``x`` are (terms, n)."""
         theta = np.atleast_2d(theta)
-        out = _logsumexp(self._terms(theta, x), axis=1)
+        out = _logsumexp(self.terms_of(theta, x), axis=1)
         return out[0] if out.shape[0] == 1 else out
 
     def log_predict_grad(self, theta: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log L (n,) and its Jacobian (n, k) at one coordinate vector.
 
-        Written out rather than via :meth:`_terms`: the optimizer calls it thousands of times.
+        Written out rather than via :meth:`terms_of`: the optimizer calls it thousands of times.
         """
         t = theta[1::2, None] - theta[2::2, None] * x
         top = np.maximum(t.max(axis=0), theta[0])
@@ -74,6 +74,19 @@ class Law:
         jac[:, 1::2] = w.T
         jac[:, 2::2] = -(w * x).T
         return top + np.log(total), jac
+
+    def predict(self, values: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Loss at features ``x`` (terms, n) for natural parameter vectors (k,) or (G, k) in
+        :attr:`param_names` order (e.g. rows of ``TableFit.samples``: a band is a percentile of
+        the (G, n) result over G)."""
+        return np.exp(self.log_predict(self.coordinates(values), x))
+
+    def coordinates(self, values: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`natural`: optimizer coordinates of natural parameter vectors."""
+        values = np.asarray(values, dtype=float)
+        logs = np.array([c.startswith("log_") for c in self.coords])
+        with np.errstate(divide="ignore"):
+            return np.where(logs, np.log(np.where(logs, values, 1.0)), values)
 
     def natural(self, theta: np.ndarray) -> np.ndarray:
         """Published parameter values (exp of the log coordinates)."""

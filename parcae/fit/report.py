@@ -11,18 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from parcae.config import to_dict
+from parcae.fit import files, findings, sections, summary
 from parcae.fit.pipeline import TableFit
 from parcae.fit.spec import FitSpec
 
-FORMAT_VERSION = 1
-
-_TITLES = {
-    "compute": "Compute law  L(C) = E + A C^-alpha",
-    "parametric": "Parametric law  L(N, D) = E + A N^-alpha + B D^-beta",
-    "isoflop": "IsoFLOP analysis  mu* = k C^loops_exponent,  D* = k C^tokens_exponent",
-    "test_time": "Test-time law  L(T) = L_inf + Z exp(-z T)",
-    "unified": "Unified law  L(mu, D, T) = E + A N^-alpha + B D^-beta + Z exp(-z T / mu)",
-}
+FORMAT_VERSION = 2  # 2: status/flags/bounds/group per record, bootstrap.npz
 
 
 def fits_document(results: list[TableFit], spec: FitSpec) -> dict[str, Any]:
@@ -43,6 +36,7 @@ def _table_entry(result: TableFit) -> dict[str, Any]:
         "test_time_excluded": t.test_time.excluded if t.test_time else [],
         "notes": t.notes,
         "messages": result.messages,
+        "findings": [f.record() for f in findings.of_fit(result)],
         "laws": result.laws,
     }
 
@@ -61,56 +55,7 @@ def _clean(value: Any) -> Any:
 
 
 def write_json(path: Path, document: dict[str, Any]) -> None:
-    path.write_text(json.dumps(_clean(document), indent=1, allow_nan=False) + "\n")
-
-
-def _fmt(value: float | None) -> str:
-    return "–" if value is None else f"{value:.4g}"
-
-
-def _param_cell(record: dict, name: str) -> str:
-    value = record["params"][name]
-    ci = record.get("ci95", {}).get(name)
-    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else _fmt(value)
-
-
-def _law_section(law: str, subsets: dict[str, dict], labels: dict[str, str]) -> list[str]:
-    def name(subset: str) -> str:  # per-model fits are keyed by run id; show the trial too
-        return f"{labels[subset]} ({subset[:8]})" if subset in labels else subset
-
-    lines = [f"## {_TITLES[law]}", ""]
-    ok = {k: r for k, r in subsets.items() if r["status"] == "ok"}
-    for subset, record in subsets.items():
-        if record["status"] != "ok":
-            lines.append(f"- {name(subset)}: {record['status']} ({record['reason']})")
-    if not ok:
-        return [*lines, ""]
-    names = list(next(iter(ok.values()))["params"])
-    header = ["fit", "n", *names, "R² / fit", "held-out rel. error", "converged"]
-    lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for subset, r in ok.items():
-        gof = r.get("gof", {})
-        r2 = gof.get("r2", gof.get("loops_r2"))
-        lines.append("| " + " | ".join([
-            name(subset), str(r["n_points"]), *[_param_cell(r, n) for n in names], _fmt(r2),
-            _fmt(r.get("heldout_rel_error")), str(r.get("converged", "–")),
-        ]) + " |")
-    lines += ["", "Values with 95% bootstrap intervals in brackets "
-              f"({min(r['n_bootstrap'] for r in ok.values())}+ replicates)."]
-    if law == "isoflop":
-        record = ok["all"]
-        ols = ", ".join(f"{k} {_fmt(v[0])}–{_fmt(v[1])}" for k, v in record["ols_ci95"].items())
-        lines += [f"OLS 95% intervals: {ols}.", "", "| budget C | runs | mu* | D* | note |",
-                  "|---|---|---|---|---|"]
-        for b in record["budgets"]:
-            lines.append(f"| {b['flops']:.3g} | {b['n_points']} | {_fmt(b.get('loops_opt'))} | "
-                         f"{_fmt(b.get('tokens_opt'))} | {b.get('reason', '')} |")
-    flagged = [f for r in ok.values() for f in r.get("overthinking", [])]
-    if flagged:
-        lines += ["", f"Overthinking: {len(flagged)} curve points rise above their curve's "
-                  "minimum (listed in fits.json under `overthinking`):"]
-        lines += [f"- {name(f['run_id'])} T={f['T']:g}: {f['val_loss']:.4g}" for f in flagged[:20]]
-    return [*lines, ""]
+    files.write_text(path, json.dumps(_clean(document), indent=1, allow_nan=False) + "\n")
 
 
 def write_markdown(path: Path, result: TableFit, figures: list[tuple[str, str]],
@@ -118,15 +63,18 @@ def write_markdown(path: Path, result: TableFit, figures: list[tuple[str, str]],
     t = result.table
     lines = [f"# Fits: {t.name}", "",
              f"Table `{t.source}`: {len(t.run_id)} runs, {int(t.usable.sum())} usable. "
-             f"Spec: {fitted_with}. Machine-readable results: `fits.json`.", ""]
+             f"Spec: {fitted_with}. Machine-readable results: `fits.json`.", "",
+             *summary.markdown(findings.of_fit(result))]
     if result.messages or t.notes:
         lines += ["## Notices", "", *[f"- {m}" for m in [*result.messages, *t.notes]], ""]
     if t.excluded:
         lines += ["## Excluded runs", "", "| run | reason |", "|---|---|",
                   *[f"| {e['run_id']} | {e['reason']} |" for e in t.excluded], ""]
     for law, subsets in result.laws.items():
-        lines += _law_section(law, subsets, t.labels)
-    if figures:
+        lines += sections.law_section(law, subsets, t.labels)
+    missing = getattr(figures, "missing", [])
+    if figures or missing:
         lines += ["## Figures", ""]
         lines += [f"### {title}\n\n![{title}]({name})\n" for title, name in figures]
-    path.write_text("\n".join(lines) + "\n")
+        lines += [f"- Not drawn, {title.lower()}: {why}." for title, why in missing]
+    files.write_text(path, "\n".join(lines) + "\n")

@@ -16,9 +16,10 @@ import numpy as np
 from scipy.optimize import minimize
 
 from parcae.config import ConfigError
-from parcae.fit.laws import Law
+from parcae.fit.laws import Law, natural_name
 from parcae.fit.spec import Coord, SolverSpec
 
+_FLOOR_MIN = 1e-6  # floor bound (fraction of the smallest loss) when the spec leaves it empty
 _SCREEN_CHUNK = 512  # grid points evaluated at once; bounds memory at chunk * n floats
 
 
@@ -43,17 +44,29 @@ def huber(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     return value, np.clip(r, -delta, delta)
 
 
-def start_grid(law: Law, law_spec: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start grid (G, k) and bounds (+-inf where none) from the law's spec section."""
-    coords: list[Coord] = [getattr(law_spec, c) for c in law.coords]
+def start_grid(law: Law, law_spec: Any, loss: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start grid (G, k) and bounds (+-inf where none) from the law's spec section.
+
+    The floor's starts and bounds are fractions of the smallest of ``loss`` (the fitted
+    points), its upper bound capped at the largest: the floor stays inside the data's range
+    whatever the unit of loss.
+    """
+    floor = getattr(law_spec, natural_name(law.floor))
+    coords: list[Coord] = [getattr(law_spec, c) for c in law.coords[1:]]
     for name in (t.coef for t in law.terms):
         coord = getattr(law_spec, name)
         if coord.lo is not None or coord.hi is not None:
             raise ConfigError(f"{law.name}.{name}", "log coefficients take no bounds (they are "
                               "optimised in centred form; bound the exponents and the floor)")
-    grid = np.array(list(itertools.product(*[c.init for c in coords])), dtype=float)
-    lo = np.array([-np.inf if c.lo is None else c.lo for c in coords])
-    hi = np.array([np.inf if c.hi is None else c.hi for c in coords])
+    low, high = float(np.min(loss)), float(np.max(loss))
+    floor_lo = np.log(low * (floor.lo if floor.lo is not None else _FLOOR_MIN))
+    floor_hi = np.log(min(low * (floor.hi if floor.hi is not None else 1.0), high))
+    floor_init = np.clip(np.log(low * np.asarray(floor.init)), floor_lo, floor_hi)
+    inits = [np.unique(floor_init), *[c.init for c in coords]]
+    grid = np.array(list(itertools.product(*inits)), dtype=float)
+    lo = np.array([floor_lo, *[-np.inf if c.lo is None else c.lo for c in coords]])
+    hi = np.array([floor_hi, *[np.inf if c.hi is None else c.hi for c in coords]])
     return grid, lo, hi
 
 
@@ -104,22 +117,33 @@ def fit(
     results.sort(key=lambda r: r.fun)
     best = results[0]
     return Solution(
-        theta=best.x, value=float(best.fun) / scale, converged=_converged(results),
+        theta=best.x, value=float(best.fun) / scale, converged=_converged(results, (lo, hi)),
         message=str(best.message), optima=_distinct([r.x for r in results]),
     )
 
 
-def _converged(results: list) -> bool:
+def _converged(results: list, bounds: tuple[np.ndarray, np.ndarray]) -> bool:
     """Success, or a line search that could not improve on an optimum another start confirms.
 
     L-BFGS-B ends ABNORMAL when no step lowers f at machine precision, which at the Huber
-    kinks happens at the optimum itself; agreement of two starts tells that from a stall.
+    kinks happens at the optimum itself; agreement of two starts, or a projected gradient
+    that is zero to working precision, tells that from a stall.
     """
     best = results[0]
     if best.success:
         return True
+    if not str(best.message).startswith("ABNORMAL"):
+        return False
     agree = [r for r in results[1:] if abs(r.fun - best.fun) <= 1e-9 * max(abs(best.fun), 1.0)]
-    return str(best.message).startswith("ABNORMAL") and bool(agree)
+    return bool(agree) or _stationary(best, bounds)
+
+
+def _stationary(res: Any, bounds: tuple[np.ndarray, np.ndarray]) -> bool:
+    """Projected gradient below 1e-5 of max(f, 1) (the objective is O(1) per point)."""
+    lo, hi = bounds
+    g = np.asarray(res.jac, dtype=float)
+    free = ~(((res.x <= lo) & (g > 0)) | ((res.x >= hi) & (g < 0)))
+    return bool(np.max(np.abs(g[free]), initial=0.0) <= 1e-5 * max(abs(res.fun), 1.0))
 
 
 def _screen(law: Law, x: np.ndarray, log_y: np.ndarray, grid: np.ndarray, delta: float

@@ -91,18 +91,43 @@ def isoflop_sweep(rng: np.random.Generator, budgets: np.ndarray, loops: tuple[fl
     return runs
 
 
+def compute_optimal_params(c: float, t: Truth = Truth()) -> float:
+    """N_opt(C) of the parametric law with C = 6 N D (Hoffmann et al., 2022)."""
+    a = t.beta / (t.alpha + t.beta)
+    g = (t.alpha * t.A / (t.beta * t.B)) ** (1 / (t.alpha + t.beta))
+    return g * (c / 6) ** a
+
+
+def isoflop_published(rng: np.random.Generator, budgets: np.ndarray, per_budget: int,
+                      noise: float, truth: Truth = Truth(), spread: float = 1.5) -> list[dict]:
+    """A published-style isoFLOP table: only ``params, tokens, val_loss``.
+
+    At each budget, ``per_budget`` sizes spaced evenly in log N within ``spread`` (natural
+    log) of N_opt, trained on D = C / 6N; loss from the parametric law with noise.
+    """
+    runs = []
+    for c in budgets:
+        for n in compute_optimal_params(c, truth) * np.exp(np.linspace(-spread, spread,
+                                                                       per_budget)):
+            d = c / (6 * n)
+            runs.append({"params": float(n), "tokens": float(d), "val_loss": float(
+                _noisy(parametric_loss(n, d, truth), noise, rng))})
+    return runs
+
+
 def write(folder: Path, runs: list[dict], curves: list[dict] | None = None) -> Path:
     """Write runs.csv (columns in run-table order, only those present) and test_time.csv."""
     folder.mkdir(parents=True, exist_ok=True)
     present = {k for r in runs for k in r}
-    header = [c for c in COLUMNS if c in present]
+    header = [c for c in COLUMNS if c in present] + sorted(present - set(COLUMNS))
     with (folder / RUNS_FILE).open("w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         writer.writeheader()
         writer.writerows(runs)
     if curves:
+        extra = sorted({k for r in curves for k in r} - set(TEST_TIME_COLUMNS))
         with (folder / TEST_TIME_FILE).open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(TEST_TIME_COLUMNS))
+            writer = csv.DictWriter(fh, fieldnames=[*TEST_TIME_COLUMNS, *extra])
             writer.writeheader()
             writer.writerows(curves)
     return folder / RUNS_FILE
