@@ -98,7 +98,8 @@ def _bound_flags(law: Law, theta: np.ndarray, bounds: tuple[np.ndarray, np.ndarr
 
 def ci_flags(law: Law | None, record: dict, bounds: dict[str, list], names: tuple[str, ...],
              requested: int, spec: FlagSpec) -> list[dict[str, str]]:
-    """``wide_ci`` for the named parameters (exponents, floors) from the bootstrap interval.
+    """``wide_ci`` for the named parameters (exponents, floors) from the bootstrap interval,
+    and for the law's coefficients against the looser ``wide_coef_factor``.
 
     Positive parameters are wide when hi / lo exceeds ``wide_ci_factor`` or lo reaches 0;
     signed ones (isoFLOP exponents) when the width exceeds what that factor allows for a
@@ -111,13 +112,14 @@ def ci_flags(law: Law | None, record: dict, bounds: dict[str, list], names: tupl
     if requested and got < requested / 2:
         out.append(flag("wide_ci", f"only {got} of {requested} bootstrap replicates could be "
                         f"fitted: the fit is unstable under resampling"))
-    f = spec.wide_ci_factor
-    for name in names:
+    coefficients = [n for n in law.param_names if n not in names] if law is not None else []
+    for name in names + tuple(coefficients):
         if name not in ci:
             continue
         a, b = ci[name]
         value = record["params"][name]
         signed = law is None
+        f = spec.wide_coef_factor if name in coefficients else spec.wide_ci_factor
         if signed:
             wide = b - a > max(abs(value) * (f - 1) / math.sqrt(f), spec.wide_ci_abs)
             why = f"width {b - a:.3g} for a value of {value:.3g}"

@@ -247,6 +247,10 @@ class FlagSpec:
     """Width a signed exponent's interval may always have (an isoFLOP exponent near 0)."""
     min_dof: int = 2
     """``few_points`` when points minus parameters is below this."""
+    wide_coef_factor: float = 1.0e4
+    """``wide_ci`` when a coefficient's (A, B, Z) interval has hi / lo above this factor or
+    reaches zero: coefficients are weakly identified by nature, so only intervals spanning
+    orders of magnitude are flagged."""
 
 
 @dataclass(frozen=True)
