@@ -212,4 +212,4 @@ def test_ray_submit_script_reads_the_bootstrap_config(tmp_path):
     proc = subprocess.run([sys.executable, str(script), "--dry-run"], capture_output=True,
                           text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "loops=4,flops=1.2e12" in proc.stdout and "15 trials" in proc.stdout
+    assert "loops=4,seed=1,flops=1.2e12" in proc.stdout and "30 trials" in proc.stdout
