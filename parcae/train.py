@@ -1,8 +1,9 @@
 """``python -m parcae.train [CONFIG.yaml] [--set key=value ...] [--out DIR]``: one run.
 
 With no arguments it trains the tiny preset on the embedded corpus and records it in
-MLflow. Exit codes: 0 ok, 1 the run diverged or failed (its record is still written) or its
-record could not be written, 2 bad input or an unwritable --out (nothing was trained).
+MLflow. Exit codes: 0 ok, 1 the run diverged, collapsed or failed (its record is still
+written) or its record could not be written, 2 bad input or an unwritable --out (nothing was
+trained).
 """
 
 from __future__ import annotations
