@@ -144,7 +144,10 @@ def sweep_cmd(grid: Path, reports: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def lifecycle(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("faults")
-    grid, reports = write_grid(tmp), tmp / "reports"
+    # one trial long enough that the sweep is still training when it is killed, even on a
+    # quiet machine where the checks below take longer than a short trial
+    long_trial = {"match": {"lr": [1.0e-3]}, "set": {"train.tokens": 320000}}
+    grid, reports = write_grid(tmp, overrides=[long_trial]), tmp / "reports"
     folder = Reports(reports / "faults")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "AWS_SECRET_ACCESS_KEY": SECRET,
            "PARCAE_TEST_PASSWORD": SECRET, "OMP_NUM_THREADS": "1"}
@@ -221,7 +224,7 @@ def lifecycle(tmp_path_factory):
         out["orphans"] = [pid for pid, _ in recorded["pids"] if alive(pid)]
         out["a_pid"] = a.pid
         out["c"] = subprocess.run(sweep_cmd(grid, reports), env=env, capture_output=True,
-                                  text=True, timeout=400)
+                                  text=True, timeout=600)
         out["orphans_after"] = [pid for pid in out["orphans"] if alive(pid)]
         out["rows"] = read_rows(folder.runs)
         yield out
