@@ -58,10 +58,13 @@ def of_study(study: Study, laws: dict[str, dict[str, dict]]) -> list[Finding]:
 
 
 def of_fit(result: TableFit) -> list[Finding]:
-    """The findings of a fitted table (its rows are read again from its folder)."""
+    """The findings of a fitted table, read from its folder once and kept on the result
+    (fits.json, report.md and the terminal all show them)."""
     from parcae.fit.study import load
 
-    return of_study(load(result.table.source), result.laws)
+    if result.findings is None:
+        result.findings = of_study(load(result.table.source), result.laws)
+    return result.findings
 
 
 def _metric(rows: Iterable[Row]) -> tuple[str, str, bool]:

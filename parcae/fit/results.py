@@ -9,6 +9,7 @@ naming the law, the points it needs and the points it has.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,8 @@ class TableFit:
     samples: dict[tuple[str, str], tuple[tuple[str, ...], np.ndarray]] = field(
         default_factory=dict)
     """(law, subset) -> (parameter names, bootstrap replicates (n_ok, n_params))."""
+    findings: list[Any] | None = None
+    """The study's findings (``parcae.fit.findings.Finding``), computed once on first use."""
 
     @property
     def fitted(self) -> int:
