@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import math
 import os
 import time
 import traceback
@@ -19,7 +18,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import MLFlowLogger
 from torch.utils.data import DataLoader, IterableDataset
 
 from parcae.compute import Accounting, account
@@ -27,7 +25,6 @@ from parcae.config import (
     ConfigError,
     build,
     check_writable,
-    flatten,
     load_yaml,
     parse_override,
     set_dotted,
@@ -37,7 +34,7 @@ from parcae.data import DataConfig, DataSource, build_data
 from parcae.model import PRESETS, ModelConfig
 from parcae.module import LoopedLMModule, TrainConfig
 from parcae.monitor import MonitorConfig, StabilityMonitor, final_status, learned
-from parcae.tracking import TrackingConfig, open_run
+from parcae.tracking import TrackingConfig, record_result, start_run
 
 #: Tokens trained when the config gives neither a token nor a FLOP budget.
 DEFAULT_TOKENS = 150_000
@@ -226,10 +223,7 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
                 "preset": model_cfg.preset, **(tags or {})}
     run_id, client, logger = f"local-{os.getpid()}-{time.time_ns()}", None, None
     if cfg.tracking.enabled:
-        client, run_id = open_run(cfg.tracking, cfg.name, run_tags)
-        logger = MLFlowLogger(tracking_uri=client.tracking_uri, run_id=run_id)
-        logger.log_hyperparams(flatten(to_dict(cfg)))
-        client.log_dict(run_id, to_dict(cfg), "config.yaml")
+        client, run_id, logger = start_run(cfg.tracking, cfg.name, run_tags, to_dict(cfg))
 
     # Lightning's banners (tips, "GPU available: False") and a deprecation inside its own
     # code are noise in sweeps of many runs
@@ -279,7 +273,7 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
         except OSError as exc:  # the folder changed since the check; MLflow still gets all
             write_error = f"cannot write {out / 'result.json'}: {exc.strerror or exc}"
     if client is not None:
-        _record(client, result, out if write_error is None else None, write_error)
+        record_result(client, result, out if write_error is None else None, write_error)
     if write_error:
         raise RecordError(write_error)
     return result
@@ -287,41 +281,3 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
 
 class RecordError(OSError):
     """The run trained but its ``result.json`` could not be written (MLflow has the run)."""
-
-
-def _record(client, result: Result, out: Path | None, write_error: str | None = None) -> None:
-    """Final metrics, status tag and the result record in the run's MLflow entry.
-
-    A record that could not be written marks the run FAILED with the reason
-    (``record_error``), whatever its training status.
-    """
-    rid = result.run_id
-    for t, loss in result.test_time.items():
-        client.log_metric(rid, "test_time/loss", loss, step=t)
-    for t, accuracy in result.test_time_accuracy.items():
-        client.log_metric(rid, "test_time/accuracy", accuracy, step=t)
-    finals = {"params": result.params, "params_unrolled": result.params_unrolled,
-              "tokens": result.tokens, "flops": result.flops, "train_seconds": result.train_seconds}
-    for key in ("val_loss", "val_accuracy", "baseline_loss"):
-        if getattr(result, key) is not None:
-            finals[key] = getattr(result, key)
-    if result.learned is not None:
-        finals["learned"] = float(result.learned)
-        client.set_tag(rid, "learned", str(result.learned).lower())
-    finals.update({f"final/{k}": v for k, v in result.stability.items()
-                   if isinstance(v, int | float) and v is not None and math.isfinite(v)})
-    for key, value in finals.items():
-        client.log_metric(rid, key, float(value))
-    client.set_tag(rid, "status", result.status)
-    for key in ("diverged_rule", "diverged_reason"):
-        if result.stability.get(key):
-            client.set_tag(rid, key, str(result.stability[key]))
-    if result.error:
-        client.set_tag(rid, "error", result.error[:4000])
-    if out is not None:
-        client.log_artifact(rid, str(out / "result.json"))
-    if write_error:  # the record lives on in MLflow
-        client.log_dict(rid, asdict(result), "result.json")
-        client.set_tag(rid, "record_error", write_error)
-    failed = result.status == "failed" or write_error is not None
-    client.set_terminated(rid, "FAILED" if failed else "FINISHED")

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+
+from parcae.config import flatten
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from parcae.run import Result
 
 #: Reports folder used when the user names none (relative to the working directory).
 DEFAULT_REPORTS = Path("reports")
@@ -84,3 +93,55 @@ def close_open_children(client: MlflowClient, parent_run_id: str, status: str,
         client.set_tag(run.info.run_id, "error", reason)
         client.set_terminated(run.info.run_id, status)
     return [r.info.run_id for r in runs]
+
+
+def start_run(cfg: TrackingConfig, name: str, tags: Mapping[str, str],
+              config: dict[str, Any]) -> tuple[MlflowClient, str, MLFlowLogger]:
+    """Open a run's MLflow entry with its config as params and ``config.yaml``; returns the
+    client, the run id and the Lightning logger that writes its training curves."""
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    client, run_id = open_run(cfg, name, tags)
+    logger = MLFlowLogger(tracking_uri=client.tracking_uri, run_id=run_id)
+    logger.log_hyperparams(flatten(config))
+    client.log_dict(run_id, config, "config.yaml")
+    return client, run_id, logger
+
+
+def record_result(client: MlflowClient, result: Result, out: Path | None,
+                  write_error: str | None = None) -> None:
+    """Final metrics, status tag and the result record in the run's MLflow entry.
+
+    A record that could not be written marks the run FAILED with the reason
+    (``record_error``), whatever its training status.
+    """
+    rid = result.run_id
+    for t, loss in result.test_time.items():
+        client.log_metric(rid, "test_time/loss", loss, step=t)
+    for t, accuracy in result.test_time_accuracy.items():
+        client.log_metric(rid, "test_time/accuracy", accuracy, step=t)
+    finals = {"params": result.params, "params_unrolled": result.params_unrolled,
+              "tokens": result.tokens, "flops": result.flops, "train_seconds": result.train_seconds}
+    for key in ("val_loss", "val_accuracy", "baseline_loss"):
+        if getattr(result, key) is not None:
+            finals[key] = getattr(result, key)
+    if result.learned is not None:
+        finals["learned"] = float(result.learned)
+        client.set_tag(rid, "learned", str(result.learned).lower())
+    finals.update({f"final/{k}": v for k, v in result.stability.items()
+                   if isinstance(v, int | float) and v is not None and math.isfinite(v)})
+    for key, value in finals.items():
+        client.log_metric(rid, key, float(value))
+    client.set_tag(rid, "status", result.status)
+    for key in ("diverged_rule", "diverged_reason"):
+        if result.stability.get(key):
+            client.set_tag(rid, key, str(result.stability[key]))
+    if result.error:
+        client.set_tag(rid, "error", result.error[:4000])
+    if out is not None:
+        client.log_artifact(rid, str(out / "result.json"))
+    if write_error:  # the record lives on in MLflow
+        client.log_dict(rid, asdict(result), "result.json")
+        client.set_tag(rid, "record_error", write_error)
+    failed = result.status == "failed" or write_error is not None
+    client.set_terminated(rid, "FAILED" if failed else "FINISHED")
