@@ -1,116 +1,246 @@
-"""Tokens/s of the Lightning training step against a bare PyTorch loop, same model and batches.
+"""Training speed on this machine, measured in one process in interleaved rounds (medians).
 
-    python benchmarks/train_throughput.py [--preset tiny] [--steps 60] [--loops 4]
+    python benchmarks/train_throughput.py [--quick] [--rounds 3] [--steps 40] [--compile]
 
-Both loops run the same LoopedLMModule (same init, depth sampling, AdamW groups, schedule
-and clipping) over the same pre-built batches, in this process; the ratio
-lightning / bare is the Lightning overhead (target >= 0.95 on CPU). On a GPU it also
-prints model FLOPs utilisation against the given peak (bf16).
+For each shape (preset x mu), each round runs, back to back so drifting machine load hits all:
+
+- real:  ``parcae.run.train_run`` as every run and sweep trial runs it (monitors on, tracking
+         off); only its training steps are timed (validation and the test-time curve apart).
+- bare:  a plain PyTorch loop over the same module, data stream, optimizer, schedule and
+         clipping: the fast step as configured (active-only loop steps, hoisted injection,
+         ``train.compile`` as its default resolves here). The bare loops (bare, today,
+         compiled) run in lockstep, one step of each in turn, so load drift hits them alike.
+- today: the same bare loop with every sequence running max_i T_i loop steps
+         (``model.active_only=false``, no compile): the Parcae reference's scheme.
+- compiled (with --compile): the bare loop with ``train.compile=on``; its warm-up (compile)
+         seconds are reported apart from its steady speed.
+
+A step is timed with its data, forward, backward and optimizer (and, on the real path, the
+monitors and Lightning: from the end of the previous step to its own end), skipping the first
+``WARMUP`` steps; tokens/s = tokens / seconds of the timed steps. Printed: tokens/s, the
+ratios real/bare (goal >= 0.95) and bare/today (goal >= 1.3), monitor overhead (the monitor's
+measurements at their default cadence over the training step's time, the two timed
+alternately; goal < 3%) and MFU (accounted model FLOP/s, from parcae.compute, over the
+device's measured matmul peak, parcae.peak; a peak measured on a busy machine is low and
+cached: see README "Speed"). On a GPU it trains in bf16 autocast with fused AdamW, as the
+real path does there.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
 
-from parcae.data import DataConfig, build_data
-from parcae.module import LoopedLMModule, TrainConfig, lm_loss
-from parcae.run import plan, resolve
+from parcae.module import LoopedLMModule, lm_loss, use_compile
+from parcae.monitor import StabilityMonitor
+from parcae.run import RunConfig, data_source, plan, resolve, train_run
 
-
-def batches(preset: str, loops: int, n: int, batch: int, seq: int):
-    cfg = resolve({"model": {"preset": preset, "loops": loops},
-                   "data": {"batch_size": batch, "seq_len": seq}})
-    source = build_data(DataConfig(batch_size=batch, seq_len=seq))
-    stream = source.train_batches(0)
-    return cfg, plan(cfg, source), [next(stream) for _ in range(n)]
+WARMUP = 2
+"""Steps not timed: the first builds caches (and compiles, with compile on)."""
 
 
-def bare(module: LoopedLMModule, data, device: str, bf16: bool) -> float:
+def now(device: str) -> float:
+    if device == "cuda":  # time the work, not its launch
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def config(preset: str, loops: int, steps: int, batch: int, seq: int, threads: int,
+           **overrides: dict) -> RunConfig:
+    cfg = resolve({
+        "model": {"preset": preset, "loops": loops},
+        "data": {"batch_size": batch, "seq_len": seq},
+        "train": {"tokens": steps * batch * seq, "threads": threads,
+                  "test_time_loops": [loops]},
+        "tracking": {"enabled": False}})
+    return replace(cfg, **{k: replace(getattr(cfg, k), **v) for k, v in overrides.items()})
+
+
+class StepTimer(L.Callback):
+    """Seconds of the training steps after the warm-up (validation passes excluded)."""
+
+    def __init__(self) -> None:
+        self.seconds, self.tokens, self.steps, self.mark = 0.0, 0, 0, 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.mark = now(pl_module.device.type)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self.mark = now(pl_module.device.type)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        t = now(pl_module.device.type)
+        self.steps += 1
+        if self.steps > WARMUP:
+            self.seconds += t - self.mark
+            self.tokens += batch[0].numel()
+        self.mark = t
+
+
+def real(cfg: RunConfig) -> float:
+    """Tokens/s of the real path's training steps."""
+    timer = StepTimer()
+    result = train_run(cfg, callbacks=(timer,))
+    if result.status == "failed":
+        raise RuntimeError(result.error)
+    return timer.tokens / timer.seconds
+
+
+def bare_steps(cfg: RunConfig) -> Iterator[float]:
+    """A plain PyTorch training loop; yields the seconds of each step (data included)."""
+    device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
+    source = data_source(cfg)
+    p = plan(cfg, source)
+    L.seed_everything(cfg.train.seed, verbose=False)
+    module = LoopedLMModule(p.model, cfg.train, p.steps).to(device).train()
+    if use_compile(cfg.train.compile, device):
+        module.model.compile_core()
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
-    module.to(device).train()
-    start = None
-    for i, (x, y) in enumerate(data):
-        if i == 2:  # skip warm-up steps, as Lightning's count below does
-            sync(device)
+    stream = source.train_batches(cfg.train.seed)
+    for _ in range(p.steps):
+        start = now(device)
+        train_step(module, opt, sched, *(t.to(device) for t in next(stream)))
+        yield now(device) - start
+
+
+def bare(cfgs: dict[str, RunConfig]) -> dict[str, tuple[float, float]]:
+    """Plain loops of several configs stepped in lockstep, one step of each in turn, so load
+    on the machine hits them alike: {name: (tokens/s after the warm-up, warm-up seconds)}."""
+    times: dict[str, list[float]] = {name: [] for name in cfgs}
+    for step in zip(*(bare_steps(cfg) for cfg in cfgs.values()), strict=True):
+        for name, seconds in zip(cfgs, step, strict=True):
+            times[name].append(seconds)
+    out = {}
+    for name, cfg in cfgs.items():
+        timed = times[name][WARMUP:]
+        tokens = len(timed) * cfg.data.batch_size * cfg.data.seq_len
+        out[name] = tokens / sum(timed), sum(times[name][:WARMUP])
+    return out
+
+
+def train_step(module: LoopedLMModule, opt, sched, x: torch.Tensor, y: torch.Tensor) -> None:
+    """What the real path's training step does, without Lightning."""
+    with torch.autocast(x.device.type, torch.bfloat16, enabled=x.device.type == "cuda"):
+        loss = lm_loss(module.model(x, module.depths(x.shape[0]), module.model.cfg.mu_bwd), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), module.cfg.grad_clip)
+    opt.step()
+    sched.step()
+
+
+def monitor_overhead(cfg: RunConfig, repeats: int) -> tuple[float, float]:
+    """(monitor seconds per training step at the default cadence / training step seconds,
+    seconds of one Lipschitz estimate). The monitor's measurements and training steps of the
+    same module are timed alternately, so drifting load hits both alike; timed directly since
+    a few percent is below the noise of two whole runs."""
+    p = plan(cfg)
+    module = LoopedLMModule(p.model, cfg.train, p.steps)
+    opt_cfg = module.configure_optimizers()
+    opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
+    stream = data_source(cfg).train_batches(cfg.train.seed)
+    monitor = StabilityMonitor(cfg.monitor, p.model.loops)
+    times: dict[str, list[float]] = {"step": [], "trace": [], "lipschitz": []}
+    for _ in range(repeats):
+        x, y = next(stream)
+        sample = x[: cfg.monitor.sample]
+        jobs = {"step": partial(train_step, module, opt, sched, x, y),
+                "trace": partial(monitor.measure, module.model, sample, 1),
+                "lipschitz": partial(monitor.measure, module.model, sample, 0)}
+        for key, work in jobs.items():
             start = time.perf_counter()
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device, torch.bfloat16, enabled=bf16):
-            steps = module.depths(x.shape[0]).to(device)
-            loss = lm_loss(module.model(x, steps, module.model.cfg.mu_bwd), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(module.parameters(), module.cfg.grad_clip)
-        opt.step()
-        sched.step()
-    sync(device)
-    return time.perf_counter() - start
+            work()
+            times[key].append(time.perf_counter() - start)
+    step, trace, both = (statistics.median(times[k]) for k in ("step", "trace", "lipschitz"))
+    m = cfg.monitor  # step 1: a trace row; step 0 also a Lipschitz estimate
+    added = trace / m.every + (both - trace) / max(m.lipschitz_every, 1)
+    return added / step, both - trace
 
 
-class Timer(L.Callback):
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == 2:
-            sync(pl_module.device.type)
-            self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        sync(pl_module.device.type)
-        self.seconds = time.perf_counter() - self.start
-
-
-def lightning(module: LoopedLMModule, data, gpu: bool) -> float:
-    timer = Timer()
-    trainer = L.Trainer(max_steps=len(data), accelerator="gpu" if gpu else "cpu", devices=1,
-                        precision="bf16-mixed" if gpu else "32-true", logger=False,
-                        callbacks=[timer], enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(module, DataLoader(data, batch_size=None))
-    return timer.seconds
-
-
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
+def device_peak_flops(device: str, threads: int) -> tuple[float, str]:
+    try:
+        from parcae.peak import device_peak
+    except ImportError:  # measured here when the cached figure's module is absent
+        n = 512
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        for _ in range(3):
+            a @ b
+        start, reps = now(device), 20
+        for _ in range(reps):
+            a @ b
+        return 2 * n**3 * reps / (now(device) - start), "matmul timed here"
+    return device_peak(device, None if device == "cuda" else threads), "parcae.peak"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--loops", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=60)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", default="tiny,small")
+    parser.add_argument("--loops", default="4,8")
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps per run")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peak-tflops", type=float, default=989.0,
-                        help="GPU bf16 dense peak for MFU (H100 SXM: 989)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the bare loop with train.compile=on")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke check: tiny at mu 4, 2 rounds of 20 steps")
     args = parser.parse_args()
-    gpu = torch.cuda.is_available()
-    device = "cuda" if gpu else "cpu"
-    cfg, p, data = batches(args.preset, args.loops, args.steps, args.batch, args.seq)
-    tokens = (args.steps - 2) * args.batch * args.seq
-    train = TrainConfig(tokens=p.tokens)
-    results = {"bare": [], "lightning": []}
-    for _ in range(args.repeats):  # interleaved so drift in machine load hits both
-        torch.manual_seed(0)
-        results["bare"].append(bare(LoopedLMModule(p.model, train, len(data)), data, device, gpu))
-        torch.manual_seed(0)
-        results["lightning"].append(lightning(LoopedLMModule(p.model, train, len(data)), data,
-                                              gpu))
-    best = {k: min(v) for k, v in results.items()}
-    print(f"device={device} preset={args.preset} loops={args.loops} params={p.accounting.params}"
-          f" batch={args.batch}x{args.seq} timed_steps={args.steps - 2}")
-    for name, seconds in best.items():
-        line = f"{name:>9}: {tokens / seconds:10.0f} tokens/s"
-        if gpu:
-            mfu = tokens * p.accounting.flops_per_token / seconds / (args.peak_tflops * 1e12)
-            line += f"  MFU {mfu:.1%}"
-        print(line)
-    print(f"ratio lightning/bare: {best['bare'] / best['lightning']:.3f}")
+    if args.quick:
+        args.presets, args.loops, args.rounds, args.steps = "tiny", "4", 2, 20
+    torch.set_num_threads(args.threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peak, peak_source = device_peak_flops(device, args.threads)
+    print(f"device={device} threads={args.threads} batch={args.batch}x{args.seq} "
+          f"steps/run={args.steps} (first {WARMUP} untimed) rounds={args.rounds}; "
+          f"peak {peak / 1e9:.0f} GFLOP/s ({peak_source})", flush=True)
+    shapes = [(p, int(mu)) for p in args.presets.split(",") for mu in args.loops.split(",")]
+    variants = {
+        "real": {}, "bare": {}, "today": {"model": {"active_only": False},
+                                          "train": {"compile": "off"}}}
+    if args.compile:
+        variants["compiled"] = {"train": {"compile": "on"}}
+    for preset, mu in shapes:
+        cfgs = {name: config(preset, mu, args.steps, args.batch, args.seq, args.threads, **o)
+                for name, o in variants.items()}
+        speed: dict[str, list[float]] = {name: [] for name in cfgs}
+        warm: dict[str, list[float]] = {name: [] for name in cfgs}
+        for _ in range(args.rounds):
+            speed["real"].append(real(cfgs["real"]))
+            for name, (tps, warmup) in bare({k: c for k, c in cfgs.items()
+                                              if k != "real"}).items():
+                speed[name].append(tps)
+                warm[name].append(warmup)
+        med = {name: statistics.median(v) for name, v in speed.items()}
+        p = plan(cfgs["bare"])
+        print(f"\n{preset} mu={mu} mu_bwd={p.model.mu_bwd} params={p.accounting.params:,} "
+              f"compile(default here)="
+              f"{'on' if use_compile(cfgs['bare'].train.compile, device) else 'off'}")
+        for name, value in med.items():
+            mfu = value * p.accounting.flops_per_token / peak
+            line = f"  {name:>8}: {value:9.0f} tokens/s  MFU {mfu:6.2%}"
+            if warm[name]:
+                line += f"  warm-up {statistics.median(warm[name]):6.1f} s"
+            print(line + "  rounds: " + " ".join(f"{v:.0f}" for v in speed[name]))
+        print(f"  real/bare  {med['real'] / med['bare']:.3f}  (goal >= 0.95)")
+        print(f"  bare/today {med['bare'] / med['today']:.3f}  (fast step over the all-run "
+              f"scheme; goal >= 1.3)")
+        if "compiled" in med:
+            print(f"  compiled/bare {med['compiled'] / med['bare']:.3f} (steady state; "
+                  f"compile time in its warm-up)")
+        overhead, lipschitz_s = monitor_overhead(cfgs["bare"], 3 * args.rounds)
+        m = cfgs["bare"].monitor
+        print(f"  monitor overhead {overhead:.2%} of a training step at the default cadence "
+              f"(trace every {m.every} steps, Lipschitz every {m.lipschitz_every}: "
+              f"{lipschitz_s * 1e3:.0f} ms each; goal < 3%)", flush=True)
 
 
 if __name__ == "__main__":

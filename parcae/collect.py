@@ -7,15 +7,20 @@ there would count the finished trial as failed and train it again.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
+from parcae import embedded
 from parcae.grid import StopRule, Trial
+from parcae.progress import SweepProgress
 from parcae.reports import Reports
+from parcae.runtable import MEASURED_CELLS
 from parcae.tracking import client_for
 
 
@@ -57,12 +62,22 @@ class Collector(tune.Callback):
     """Records a trial the moment it ends: its record, then its curve, trace and row."""
 
     def __init__(self, reports: Reports, sweep: str, trials: dict[str, Trial],
-                 stopper: DivergenceStopper, tracking_uri: str | None) -> None:
+                 stopper: DivergenceStopper, tracking_uri: str | None,
+                 progress: SweepProgress | None = None) -> None:
         self.reports, self.sweep, self.trials = reports, sweep, trials
         self.stopper, self.tracking_uri = stopper, tracking_uri
+        self.progress = progress
         self.written: dict[str, str] = {}
         self.spooled: dict[str, str] = {}
         """Trials whose record went to the spool: the reports folder could not be written."""
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if self.progress:
+            self.progress.started(trial.config["key"])
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        if self.progress:  # Tune's loop turns many times a second; the line is throttled
+            self.progress.tick()
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = dict(trial.last_result or {})
@@ -75,6 +90,8 @@ class Collector(tune.Callback):
         if result["status"] == "diverged":
             self._guarded(self._close_diverged, result)
         self._guarded(self._write, trial.config["key"], result)
+        # diverged trials stopped early: their wall time does not measure throughput
+        self._finished(trial.config["key"], result["status"] in ("ok", "collapsed"))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         result = dict(trial.last_result or {})
@@ -84,6 +101,11 @@ class Collector(tune.Callback):
                       "error": str(error).strip().splitlines()[-1] if error else "crashed"}
         result["status"] = "failed"
         self._guarded(self._write, trial.config["key"], result)
+        self._finished(trial.config["key"], False)
+
+    def _finished(self, key: str, full_budget: bool) -> None:
+        if self.progress:
+            self._guarded(self.progress.finished, key, full_budget)
 
     @staticmethod
     def _guarded(step, *args) -> None:
@@ -120,6 +142,7 @@ class Collector(tune.Callback):
             **{k: _number(stab.get(k)) for k in STABILITY_CELLS},
             "diverged_rule": stab.get("diverged_rule"),
             "diverged_reason": reason, "train_seconds": result.get("train_seconds"),
+            **{k: _number(result.get(k)) for k in MEASURED_CELLS},
         }
         record = {"row": row, "written": time.time(),
                   "test_time": result.get("test_time") or [],
@@ -137,3 +160,14 @@ class Collector(tune.Callback):
         loss = "" if row["val_loss"] is None else f", val_loss {row['val_loss']:.4f}"
         print(f"parcae.sweep: [{len(self.written)}/{len(self.trials)}] {key}: {row['status']}"
               f"{loss}" + (f" ({reason})" if reason else ""), flush=True)
+
+
+class PidRecorder(tune.Callback):
+    """Keeps the record of the embedded Ray's processes current as trials start workers."""
+
+    def __init__(self, reports: Reports, temp: Path) -> None:
+        self.reports, self.temp = reports, temp
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        with contextlib.suppress(OSError):
+            embedded.record_pids(self.reports.ray_pids, self.temp)

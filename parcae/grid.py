@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,7 @@ class Axes:
     """
 
     preset: tuple[str, ...] | None = None
-    """Model shape presets (tiny, small, 140m, 370m, 770m, 1.3b)."""
+    """Model shape presets (tiny, small, 140m-shape, 370m-shape, 770m-shape, 1.3b-shape)."""
     d_model: tuple[int, ...] | None = None
     """Residual widths."""
     n_heads: tuple[int, ...] | None = None
@@ -129,15 +130,23 @@ class Resources:
     cpus: float = 1.0
     """CPUs per trial; also the trial's torch threads (rounded up)."""
     gpus: float = 0.0
-    """GPUs per trial; fractions let small models share a GPU (0.25 = four per GPU)."""
+    """GPUs per trial; fractions let small models share a GPU (0.25 = four per GPU); 2 or more
+    train each trial on that many GPUs with DDP (``train.devices``)."""
 
     def __post_init__(self) -> None:
         check(self.cpus > 0, "cpus", "must be positive")
         check(self.gpus >= 0, "gpus", "must be 0 or more")
+        check(self.gpus <= 1 or self.gpus == int(self.gpus), "gpus",
+              f"above 1 a trial trains on whole GPUs (DDP); got {self.gpus}")
 
     @property
     def threads(self) -> int:
         return max(1, int(-(-self.cpus // 1)))
+
+    @property
+    def devices(self) -> int:
+        """GPUs one trial trains on (1 for a share of one GPU, or none)."""
+        return max(1, int(self.gpus))
 
 
 @dataclass(frozen=True)
@@ -291,6 +300,22 @@ def axis_tags(point: dict[str, Any]) -> dict[str, str]:
     return {k: fmt_value(v) for k, v in point.items()}
 
 
+#: Axis -> prefix of its value in a run's short name (``mu4·C1.2e12``); axes whose values are
+#: words (preset, injection, depth_sampling) show the word alone.
+SHORT: dict[str, str] = {
+    "preset": "", "d_model": "d", "n_heads": "h", "prelude_layers": "pre", "core_layers": "k",
+    "coda_layers": "coda", "injection": "", "loops": "mu", "backprop_depth": "bwd",
+    "depth_sampling": "", "lr": "lr", "warmup": "wu", "grad_clip": "clip", "seed": "s",
+    "tokens": "D", "flops": "C", "batch_size": "B", "seq_len": "L",
+}
+
+
+def run_name(point: dict[str, Any]) -> str:
+    """A point's short name for the MLflow runs table: ``mu4·C1.2e12``, ``diagonal·s1``;
+    empty for a grid without axes."""
+    return "·".join(f"{SHORT[k]}{v}" for k, v in axis_tags(point).items())
+
+
 def trial_key(point: dict[str, Any]) -> str:
     """``axis=value`` pairs in crossing order; ``base`` for a grid without axes."""
     return ",".join(f"{k}={v}" for k, v in axis_tags(point).items()) or "base"
@@ -305,6 +330,14 @@ def points(grid: GridConfig) -> list[dict[str, Any]]:
     if grid.include:
         kept = [p for p in kept if any(r.matches(p) for r in grid.include)]
     return kept
+
+
+def _absolute_data_path(mapping: dict[str, Any]) -> None:
+    """A relative ``data.path`` names a place under the folder the sweep starts in; trials run
+    in folders of their own, so they get (and record) the absolute path."""
+    data = mapping.get("data")
+    if isinstance(data, dict) and isinstance(data.get("path"), str) and data["path"]:
+        data["path"] = os.path.abspath(data["path"])
 
 
 def expand(grid: GridConfig, source: str | None = None) -> list[Trial]:
@@ -327,6 +360,7 @@ def expand(grid: GridConfig, source: str | None = None) -> list[Trial]:
             for name, value in point.items():
                 set_dotted(mapping, AXIS_KEYS[name], value)
             mapping["name"] = f"{grid.name}/{key}"
+            _absolute_data_path(mapping)
             cfg = resolve(mapping)
             if cfg.data not in sources:
                 sources[cfg.data] = data_source(cfg)
@@ -352,5 +386,5 @@ def describe(trials: list[Trial]) -> list[dict[str, Any]]:
                      "params": t.plan.accounting.params,
                      "params_unrolled": t.plan.accounting.params_unrolled,
                      "tokens": t.plan.tokens, "loops": m.loops if m.looped else 1,
-                     "flops": t.plan.flops, "steps": t.plan.steps})
+                     "flops": t.plan.flops, "steps": t.plan.steps, "epochs": t.plan.epochs})
     return rows

@@ -264,13 +264,13 @@ def lipschitz(model: LoopedLM, idx: Tensor, steps: int, iters: int) -> float:
     """Largest singular value of d step(h, e) / d h at h_T, by power iteration on J^T J."""
     with torch.no_grad():
         e, h, rope = model.encode(idx)
+        drive = model.injection.prepare(e)
         for _ in range(steps):
-            h = model.step(h, e, rope)
+            h = model.step(h, drive, rope)
     h = h.detach().float()
-    e = e.detach().float()
 
     def f(z: Tensor) -> Tensor:
-        return model.step(z, e, rope).float()
+        return model.step(z, drive, rope).float()
 
     v = torch.randn_like(h)
     v = v / v.norm()
@@ -323,8 +323,9 @@ class StabilityMonitor(L.Callback):
         if not alarm and step % self.cfg.every and step != trainer.max_steps:
             return
         x = batch[0]
-        metrics = self.measure(pl_module.model, x[: self.cfg.sample], step,
-                               with_lipschitz=not alarm)
+        with torch.compiler.set_stance("force_eager"):  # a compiled core: no compiles for this
+            metrics = self.measure(pl_module.model, x[: self.cfg.sample], step,
+                                   with_lipschitz=not alarm)
         row = {"step": float(step), "tokens": float(step * x.numel()), "loss": loss,
                **({} if grad is None else {"grad_norm": grad}), **metrics,
                "loss_spikes": float(self.spikes)}

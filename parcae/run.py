@@ -30,11 +30,23 @@ from parcae.config import (
     set_dotted,
     to_dict,
 )
-from parcae.data import DataConfig, DataSource, build_data
+from parcae.data import Batch, DataConfig, DataSource, build_data
 from parcae.model import PRESETS, ModelConfig
+from parcae.model.config import RENAMED_PRESETS
 from parcae.module import LoopedLMModule, TrainConfig
 from parcae.monitor import MonitorConfig, StabilityMonitor, final_status, learned
+from parcae.peak import device_peak
 from parcae.tracking import TrackingConfig, record_result, start_run
+from parcae.trainer import (
+    ShareDepths,
+    SharedStop,
+    StepClock,
+    build_trainer,
+    data_parallel,
+    on_gpu,
+    rank,
+    rank_threads,
+)
 
 #: Tokens trained when the config gives neither a token nor a FLOP budget.
 DEFAULT_TOKENS = 150_000
@@ -73,6 +85,10 @@ def resolve(mapping: dict[str, Any] | None, source: str | None = None,
         if not isinstance(model, dict):
             raise ConfigError("model", "expected a mapping of model settings")
         preset = model.get("preset", ModelConfig.preset)
+        if preset in RENAMED_PRESETS:
+            raise ConfigError("model.preset", f"preset {preset!r} was renamed to "
+                              f"{RENAMED_PRESETS[preset]!r}: the paper's block shape without "
+                              "its value embeddings (README, Compute accounting)")
         if preset not in PRESETS:
             raise ConfigError("model.preset", f"unknown preset {preset!r}; "
                               f"allowed: {', '.join(PRESETS)}")
@@ -120,7 +136,17 @@ class Result:
     """val_loss < baseline_loss - monitor.learned_margin (None without a val_loss)."""
     design: dict[str, Any] = field(default_factory=dict)
     """The run-table columns the config fixes (``Plan.columns``: source, core_layers,
-    effective_depth, depth_sampling, warmup, grad_clip, ...)."""
+    effective_depth, depth_sampling, warmup, grad_clip, epochs, ...)."""
+    epochs: float | None = None
+    """tokens / training-split tokens (None for generated tasks)."""
+    flops_executed: float | None = None
+    """FLOPs the training passes ran (``flops`` is the accounted budget; parcae.compute)."""
+    tokens_per_second: float | None = None
+    """Training tokens per second after the warm-up steps, validation excluded."""
+    warmup_seconds: float | None = None
+    """Seconds of the first training steps (``parcae.trainer.WARMUP_STEPS``, compile included)."""
+    mfu: float | None = None
+    """Model FLOP utilisation: accounted FLOPs per second over the devices' measured peak."""
 
     def write(self, out: Path) -> Path:
         """Write ``out/result.json`` atomically (a crash never leaves half a record)."""
@@ -138,14 +164,25 @@ class Result:
         return cls(**raw)
 
 
+log = logging.getLogger(__name__)
+_warned: set[tuple[str, float]] = set()
+
+
 class _Stream(IterableDataset):
-    """An infinite, seeded stream of ready batches for Lightning."""
+    """An infinite, seeded stream of ready batches for Lightning; under DDP each rank takes
+    its rows of every global batch."""
 
     def __init__(self, source: DataSource, seed: int) -> None:
         self.source, self.seed = source, seed
 
     def __iter__(self):
-        return self.source.train_batches(self.seed)
+        r, world = rank()  # asked here: the DDP group exists once batches are drawn
+        if world == 1:
+            yield from self.source.train_batches(self.seed)
+            return
+        for x, y in self.source.train_batches(self.seed):
+            b = x.shape[0] // world
+            yield Batch(x[r * b:(r + 1) * b], y[r * b:(r + 1) * b])
 
 
 @dataclass(frozen=True)
@@ -158,6 +195,8 @@ class Plan:
     steps: int
     tokens: int
     flops: float
+    epochs: float | None
+    """tokens / training-split tokens; None for generated tasks (no example repeats)."""
 
     def columns(self) -> dict[str, Any]:
         """The run-table cells fixed before training (parcae.runtable.COLUMNS)."""
@@ -168,7 +207,8 @@ class Plan:
                 "core_layers": m.core_layers, "loops": m.loops if m.looped else 1,
                 "effective_depth": m.effective_depth, "depth_sampling": m.sampling,
                 "backprop_depth": m.mu_bwd if m.looped else 1, "tokens": self.tokens,
-                "flops": self.flops, "lr": train.lr, "warmup": train.warmup,
+                "flops": self.flops, "epochs": self.epochs, "lr": train.lr,
+                "warmup": train.warmup,
                 "grad_clip": train.grad_clip}
 
 
@@ -193,7 +233,88 @@ def plan(cfg: RunConfig, source: DataSource | None = None) -> Plan:
     if steps < 1:
         raise ConfigError(key, f"budget buys {tokens} tokens, less than one step of "
                           f"{per_step} tokens (batch_size x seq_len); raise the budget")
-    return Plan(cfg, model, acct, steps, steps * per_step, acct.flops_for(steps * per_step))
+    if cfg.data.batch_size % cfg.train.devices:
+        raise ConfigError("data.batch_size", f"{cfg.data.batch_size} sequences do not split "
+                          f"evenly over train.devices = {cfg.train.devices}")
+    tokens = steps * per_step
+    epochs = tokens / source.train_tokens if source.train_tokens else None
+    if epochs is not None and epochs > cfg.data.max_epochs:
+        warn_repetition(cfg, tokens, source.train_tokens, epochs)
+    return Plan(cfg, model, acct, steps, tokens, acct.flops_for(tokens), epochs)
+
+
+def warn_repetition(cfg: RunConfig, tokens: int, train_tokens: int, epochs: float) -> None:
+    """Say once per run (and process) that it would see its training data many times."""
+    if (cfg.name, epochs) in _warned:
+        return
+    _warned.add((cfg.name, epochs))
+    log.warning("parcae: run %r is planned for %.1f epochs: %s tokens over a training split of "
+                "%s, above data.max_epochs = %g; past a few epochs it measures memorisation "
+                "more than scaling (use a larger corpus, or raise data.max_epochs to accept "
+                "it)", cfg.name, epochs, f"{tokens:,}", f"{train_tokens:,}",
+                cfg.data.max_epochs)
+
+
+@dataclass
+class Fitted:
+    """What training left in this process (rank 0's is the run's)."""
+
+    module: LoopedLMModule
+    monitor: StabilityMonitor
+    clock: StepClock
+    status: str
+    """ok | diverged | failed, before the learned/collapsed verdict."""
+    error: str | None
+    seconds: float
+
+
+def fit(cfg: RunConfig, p: Plan, source: DataSource, val: list[Batch], logger: Any = None,
+        callbacks: tuple[L.Callback, ...] = ()) -> Fitted:
+    """Train the planned run in this process (every DDP rank runs this); never raises."""
+    train = cfg.train
+    threads = rank_threads(train.threads, train.devices)
+    if threads:
+        torch.set_num_threads(threads)
+    L.seed_everything(train.seed, verbose=False)
+    # Lightning's banners (tips, "GPU available: False") and a deprecation inside its own
+    # code are noise in sweeps of many runs
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+    # under DDP every rank validates on the same batches: their epoch-level values agree
+    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
+    module = LoopedLMModule(p.model, train, p.steps, answers=source.answer_only)
+    monitor = StabilityMonitor(cfg.monitor, p.model.loops if p.model.looped else 1)
+    clock = StepClock()
+    # order matters: the clock times the monitors; the shared stop sees every stop request
+    trainer = build_trainer(cfg, p.steps, logger, [
+        ShareDepths(), monitor, *callbacks, clock, SharedStop(monitor)])
+    status, error = "ok", None
+    started = time.perf_counter()
+    try:
+        trainer.fit(module, DataLoader(_Stream(source, train.seed), batch_size=None),
+                    DataLoader(val, batch_size=None))
+    except Exception as exc:  # a crashing run is recorded, never lost
+        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+    seconds = time.perf_counter() - started
+    if monitor.diverged_step is not None:
+        status = "diverged"
+    return Fitted(module, monitor, clock, status, error, seconds)
+
+
+def measured(cfg: RunConfig, p: Plan, clock: StepClock) -> dict[str, float | None]:
+    """The ``parcae.runtable.MEASURED_CELLS`` of a trained run: executed FLOPs, speed and MFU."""
+    executed = None  # over the tokens actually trained: a run stopped early did less
+    if clock.loop_steps is not None:
+        executed = p.accounting.executed_flops(clock.tokens, clock.loop_steps)
+    speed, mfu = clock.tokens_per_second, None
+    if speed is not None:
+        train = cfg.train
+        gpu = on_gpu(train.device)
+        peak = device_peak("cuda" if gpu else "cpu",
+                           None if gpu else rank_threads(train.threads, train.devices))
+        mfu = speed * p.accounting.flops_per_token / (peak * train.devices)
+    return {"flops_executed": executed, "tokens_per_second": speed,
+            "warmup_seconds": clock.warmup_seconds, "mfu": mfu}
 
 
 def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | None = None,
@@ -209,9 +330,6 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
     if out is not None:  # not after hours of training
         check_writable(out, "--out")
     model_cfg, train = p.model, cfg.train
-    if train.threads:
-        torch.set_num_threads(train.threads)
-    L.seed_everything(train.seed, verbose=False)
     loops = model_cfg.loops if model_cfg.looped else 1
     test_loops = train.test_time_loops or tuple(range(1, 2 * loops + 1))
     if not model_cfg.looped:  # the untied baseline has no loop to run again: T = 1 only
@@ -223,49 +341,30 @@ def train_run(cfg: RunConfig, out: Path | None = None, tags: dict[str, str] | No
                 "preset": model_cfg.preset, **(tags or {})}
     run_id, client, logger = f"local-{os.getpid()}-{time.time_ns()}", None, None
     if cfg.tracking.enabled:
-        client, run_id, logger = start_run(cfg.tracking, cfg.name, run_tags, to_dict(cfg))
+        client, run_id, logger = start_run(cfg.tracking, cfg.name, run_tags, p)
 
-    # Lightning's banners (tips, "GPU available: False") and a deprecation inside its own
-    # code are noise in sweeps of many runs
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
-    module = LoopedLMModule(model_cfg, train, p.steps, answers=source.answer_only)
-    monitor = StabilityMonitor(cfg.monitor, loops)
-    gpu = train.device == "gpu" or (train.device == "auto" and torch.cuda.is_available())
-    trainer = L.Trainer(
-        max_steps=p.steps, accelerator="gpu" if gpu else "cpu", devices=1,
-        precision="bf16-mixed" if gpu else "32-true", logger=logger or False,
-        callbacks=[monitor, *callbacks], enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, log_every_n_steps=train.log_every,
-        val_check_interval=min(train.val_every, p.steps), check_val_every_n_epoch=None,
-        num_sanity_val_steps=0)
     val = source.val_batches(train.val_batches)
     baseline = source.baseline_loss(val)
-    status, error = "ok", None
-    started = time.perf_counter()
-    try:
-        trainer.fit(module, DataLoader(_Stream(source, train.seed), batch_size=None),
-                    DataLoader(val, batch_size=None))
-    except Exception as exc:  # a crashing run is recorded, never lost
-        status, error = "failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
-    seconds = time.perf_counter() - started
-    if monitor.diverged_step is not None:
-        status = "diverged"
+    with data_parallel(cfg):  # this process is rank 0; the others train their shares
+        fitted = fit(cfg, p, source, val, logger, callbacks)
+    module, monitor, status = fitted.module, fitted.monitor, fitted.status
     curve = module.test_time_curve(val, test_loops) if status == "ok" else {}
     stability = monitor.summary()
     val_loss = curve[loops]["loss"] if curve else None
     did_learn = learned(val_loss, baseline, cfg.monitor)
     status = final_status(status, did_learn, stability["token_correlation"], cfg.monitor)
     result = Result(
-        run_id=run_id, name=cfg.name, status=status, config=to_dict(cfg),
+        run_id=run_id, name=cfg.name, status=status,
+        config=to_dict(replace(cfg, model=model_cfg)),  # the vocabulary the data gave
         params=p.accounting.params, params_unrolled=p.accounting.params_unrolled,
         tokens=p.tokens, flops=p.flops, val_loss=val_loss,
         test_time={t: c["loss"] for t, c in curve.items()},
         test_time_accuracy={t: c["accuracy"] for t, c in curve.items()
                             if c["accuracy"] is not None},
-        stability=stability, trace=monitor.history, train_seconds=seconds, error=error,
-        val_accuracy=curve[loops]["accuracy"] if curve else None, baseline_loss=baseline,
-        learned=did_learn, design=p.columns())
+        stability=stability, trace=monitor.history, train_seconds=fitted.seconds,
+        error=fitted.error, val_accuracy=curve[loops]["accuracy"] if curve else None,
+        baseline_loss=baseline, learned=did_learn, design=p.columns(), epochs=p.epochs,
+        **measured(cfg, p, fitted.clock))
     write_error = None
     if out is not None:
         try:

@@ -24,7 +24,8 @@ COLUMNS: dict[str, str] = {
     "source": "data source: austen | pydoc | text | tokens | addition | phop",
     "preset": "model shape preset name",
     "injection": "diagonal | linear | add | none | baseline",
-    "params": "unique non-embedding parameters N",
+    "params": "unique non-embedding parameters N: every weight except the token embedding "
+              "(tied to the LM head); the model has no value embeddings",
     "params_unrolled": "non-core parameters plus core parameters times loops (effective N)",
     "core_layers": "k: distinct blocks in the recurrent core (baseline: the k copied loops "
                    "times)",
@@ -34,7 +35,11 @@ COLUMNS: dict[str, str] = {
     "depth_sampling": "poisson | fixed (loops = 1 and baseline are always fixed)",
     "backprop_depth": "loop steps with gradient mu_bwd",
     "tokens": "training tokens D",
-    "flops": "training FLOPs C from parcae.compute",
+    "epochs": "tokens / tokens of the training split (empty for generated tasks)",
+    "flops": "training FLOPs C from parcae.compute: accounted, loop steps at their expectation "
+             "under the depth sampling",
+    "flops_executed": "training FLOPs the forward and backward passes ran (loop steps as "
+                      "executed, under the scheme in force; empty if training crashed)",
     "val_loss": "validation loss (nats/token) at T = loops",
     "val_accuracy": "answer exact-match accuracy at T = loops, in [0, 1] (empty for corpora)",
     "baseline_loss": "loss (nats/token) of the unigram (corpora) or answer-position marginal "
@@ -57,9 +62,19 @@ COLUMNS: dict[str, str] = {
                      "state_ratio | non_finite | state_norm_limit | loss_limit | stop_rule",
     "diverged_reason": "what the rule saw, with its numbers, or the error of a failed run",
     "train_seconds": "wall time spent training",
+    "tokens_per_second": "training tokens per second after the warm-up steps, validation "
+                         "and test-time evaluation excluded (all devices together)",
+    "warmup_seconds": "seconds of the first training steps (compile and warm-up), excluded "
+                      "from tokens_per_second",
+    "mfu": "model FLOP utilisation: flops per token x tokens_per_second over the devices' "
+           "measured peak matmul FLOP/s (parcae.peak)",
 }
 
 STATUSES = ("ok", "diverged", "collapsed", "failed")
+
+#: Columns measured while a run trains (``parcae.run.Result`` fields of the same names), carried
+#: from a trial's outcome to its row.
+MEASURED_CELLS = ("flops_executed", "tokens_per_second", "warmup_seconds", "mfu")
 
 #: Long-form test-time curves: one row per (run, test-time loop count).
 TEST_TIME_COLUMNS = ("run_id", "T", "val_loss", "val_accuracy")
@@ -97,6 +112,8 @@ def append_test_time(path: Path, run_id: str, curve: Mapping[int, float],
 def _append(path: Path, header: list[str], rows: Iterable[Mapping[str, object]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists() or path.stat().st_size == 0
+    if not new and _header(path) != header:  # a table from before columns were added
+        write_table(path, header, read_rows(path))
     with path.open("a", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=header)
         if new:
@@ -105,6 +122,11 @@ def _append(path: Path, header: list[str], rows: Iterable[Mapping[str, object]])
             writer.writerow({k: _cell(row.get(k)) for k in header})
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def _header(path: Path) -> list[str]:
+    with path.open(newline="") as fh:
+        return next(csv.reader(fh), [])
 
 
 def write_table(path: Path, header: list[str], rows: Iterable[Mapping[str, object]]) -> None:

@@ -14,7 +14,6 @@ or the reports folder is in use (nothing was started).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import io
 import logging
@@ -24,35 +23,33 @@ import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import ray
-import torch
-from mlflow.exceptions import MlflowException
-from ray import tune
-
+# light imports only: --help and bad arguments answer before torch, Ray and MLflow load
 from parcae import embedded
-from parcae.collect import Collector, DivergenceStopper
 from parcae.config import ConfigError, check_writable, load_yaml, to_dict
-from parcae.grid import (
-    PREFIX,
-    GridConfig,
-    Trial,
-    axis_tags,
-    describe,
-    expand,
-    fmt_value,
-    parse_grid,
-)
+from parcae.progress import SweepProgress
 from parcae.reports import Reports
-from parcae.run import RunConfig
 from parcae.runtable import read_rows
-from parcae.tracking import DEFAULT_REPORTS, client_for, close_open_children, default_tracking_uri
-from parcae.trial import run_trial
+from parcae.tracking import (
+    DEFAULT_REPORTS,
+    check_reachable,
+    client_for,
+    close_open_children,
+    default_tracking_uri,
+    experiment_id,
+    open_hint,
+)
+
+if TYPE_CHECKING:
+    from ray import tune
+
+    from parcae.collect import Collector, DivergenceStopper
+    from parcae.grid import GridConfig, Trial
+    from parcae.run import RunConfig
 
 #: Ray phones home and Tune writes its own result files unless told not to.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
-
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m parcae.sweep", description=__doc__,
@@ -72,19 +69,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def print_plan(trials: list[Trial], done: set[str]) -> None:
+    from parcae.grid import describe
+
     rows = describe(trials)
     print(f"{'trial':<44} {'N':>12} {'N_unrolled':>12} {'D':>12} {'mu':>3} {'C':>10} "
-          f"{'steps':>7}")
+          f"{'steps':>7} {'epochs':>7}")
     for r in rows:
         mark = "  (done)" if r["trial"] in done else ""
+        epochs = "-" if r["epochs"] is None else f"{r['epochs']:.3g}"  # -: generated task
         print(f"{r['trial']:<44} {r['params']:>12,} {r['params_unrolled']:>12,} "
-              f"{r['tokens']:>12,} {r['loops']:>3} {r['flops']:>10.3g} {r['steps']:>7}{mark}")
+              f"{r['tokens']:>12,} {r['loops']:>3} {r['flops']:>10.3g} {r['steps']:>7} "
+              f"{epochs:>7}{mark}")
     total = sum(r["flops"] for r in rows)
     print(f"{len(rows)} trials ({len(done & {r['trial'] for r in rows})} done), "
           f"total compute {total:.3g} FLOPs")
 
 
 def trial_table(trials: list[Trial]) -> str:
+    from parcae.grid import describe
+
     rows = describe(trials)
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
@@ -98,6 +101,8 @@ def check_capacity(grid: GridConfig, cluster_yaml: dict[str, Any], nodes: list[d
 
     A node type the cluster config declares counts too (the autoscaler can add it).
     """
+    from parcae.grid import PREFIX
+
     declared = [t.get("resources") or {}
                 for t in (cluster_yaml.get("available_node_types") or {}).values()]
     live = [n.get("Resources") or {} for n in nodes if n.get("Alive", True)]
@@ -111,8 +116,13 @@ def check_capacity(grid: GridConfig, cluster_yaml: dict[str, Any], nodes: list[d
 
 
 def open_parent(grid: GridConfig, grid_path: Path, trials: list[Trial], reports: Reports,
-                uri: str, artifacts: Path) -> str:
-    """The sweep's MLflow parent run: reused from ``sweep.json`` on resume, else created."""
+                uri: str) -> str:
+    """The sweep's MLflow parent run, in the experiment named after the sweep: reused from
+    ``sweep.json`` on resume, else created."""
+    from mlflow.exceptions import MlflowException
+
+    from parcae.grid import fmt_value
+
     client = client_for(uri)
     old = reports.read_sweep()
     if old.get("parent_run_id") and old.get("tracking_uri") == uri:
@@ -126,16 +136,7 @@ def open_parent(grid: GridConfig, grid_path: Path, trials: list[Trial], reports:
             close_open_children(client, parent.info.run_id, "KILLED",
                                 "the sweep running this trial was killed")
             return parent.info.run_id
-    experiment = trials[0].cfg.tracking.experiment
-    found = client.get_experiment_by_name(experiment)
-    if found is None and uri.startswith("sqlite:"):
-        # keep artifacts beside the reports, not in whatever directory the sweep ran from
-        exp_id = client.create_experiment(experiment, artifact_location=artifacts.resolve()
-                                          .as_uri())
-    elif found is None:  # a tracking server decides where artifacts go
-        exp_id = client.create_experiment(experiment)
-    else:
-        exp_id = found.experiment_id
+    exp_id = experiment_id(client, trials[0].cfg.tracking.experiment or grid.name)
     tags = {"mlflow.runName": grid.name, "sweep": grid.name, "parcae.kind": "sweep"}
     run_id = client.create_run(exp_id, tags=tags).info.run_id
     client.log_artifact(run_id, str(grid_path))
@@ -149,12 +150,17 @@ def open_parent(grid: GridConfig, grid_path: Path, trials: list[Trial], reports:
 
 def trial_configs(grid: GridConfig, trials: list[Trial], uri: str | None,
                   parent: str | None) -> tuple[dict[str, RunConfig], dict[str, dict[str, str]]]:
-    """What each trial runs: its config with threads and MLflow parent set, and its tags."""
+    """What each trial runs: its config with threads, MLflow experiment and parent set and its
+    short name (``mu4·C1.2e12``, the name of its MLflow run), and its tags."""
+    from parcae.grid import axis_tags, run_name
+
     runs, tags = {}, {}
     for t in trials:
-        cfg = t.cfg
-        tracking = replace(cfg.tracking, uri=uri, parent_run_id=parent)
-        train = replace(cfg.train, threads=grid.resources.threads)
+        cfg = replace(t.cfg, name=run_name(t.point) or grid.name)
+        tracking = replace(cfg.tracking, uri=uri, parent_run_id=parent,
+                           experiment=cfg.tracking.experiment or grid.name)
+        train = replace(cfg.train, threads=grid.resources.threads,
+                        devices=max(cfg.train.devices, grid.resources.devices))
         if grid.resources.gpus == 0 and train.device == "auto":
             train = replace(train, device="cpu")  # never take a GPU Ray gave to another trial
         runs[t.key] = replace(cfg, tracking=tracking, train=train)
@@ -162,20 +168,13 @@ def trial_configs(grid: GridConfig, trials: list[Trial], uri: str | None,
     return runs, tags
 
 
-class PidRecorder(tune.Callback):
-    """Keeps the record of the embedded Ray's processes current as trials start workers."""
-
-    def __init__(self, reports: Reports, temp: Path) -> None:
-        self.reports, self.temp = reports, temp
-
-    def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        with contextlib.suppress(OSError):
-            embedded.record_pids(self.reports.ray_pids, self.temp)
-
-
 def run_tuner(grid: GridConfig, pending: list[Trial], runs: dict[str, RunConfig],
               tags: dict[str, dict[str, str]], callbacks: list[tune.Callback],
               stopper: DivergenceStopper, storage: Path) -> None:
+    from ray import tune
+
+    from parcae.trial import run_trial
+
     # longest first, so the last trials to start are short and the cores stay busy to the end
     keys = [t.key for t in sorted(pending, key=lambda t: -t.plan.flops)]
     ids = {k: f"{i:04d}" for i, k in enumerate(keys)}
@@ -200,10 +199,16 @@ def run_tuner(grid: GridConfig, pending: list[Trial], runs: dict[str, RunConfig]
 
 def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[Trial],
               reports_root: Path, address: str | None) -> int:
+    import torch
+
     reports = Reports(reports_root / grid.name)
     cpus, gpus = len(os.sched_getaffinity(0)), torch.cuda.device_count()
     if not address:  # before anything is created: a refused request leaves nothing behind
         check_capacity(grid, {}, [{"Resources": {"CPU": cpus, "GPU": gpus}}])
+    tracking = trials[0].cfg.tracking
+    server = tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking.enabled and server:  # a dead server fails now, not as the first trial ends
+        check_reachable(server)
     check_writable(reports.root, "--reports")
     with reports.lock() as took_over:
         if took_over:
@@ -224,6 +229,10 @@ def run_sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: li
 def _sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[Trial],
            reports: Reports, reports_root: Path, address: str | None,
            machine: tuple[int, int]) -> int:
+    import ray
+
+    from parcae.collect import Collector, DivergenceStopper, PidRecorder
+
     done = reports.finished()
     pending = [t for t in trials if t.key not in done]
     tracking = trials[0].cfg.tracking
@@ -244,15 +253,18 @@ def _sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[
                 temp = embedded.start(*machine)
                 embedded.record_pids(reports.ray_pids, temp)
         if uri:
-            parent = open_parent(grid, grid_path, trials, reports, uri,
-                                 reports_root / "mlartifacts")
+            parent = open_parent(grid, grid_path, trials, reports, uri)
         reports.write_sweep({"name": grid.name, "grid": str(grid_path.resolve()),
                              "parent_run_id": parent, "tracking_uri": uri,
-                             "experiment": tracking.experiment})
+                             "experiment": tracking.experiment or grid.name})
         if pending:
             runs, tags = trial_configs(grid, pending, uri, parent)
             stopper = DivergenceStopper(grid.stop)
-            collector = Collector(reports, grid.name, {t.key: t for t in pending}, stopper, uri)
+            progress = SweepProgress(f"parcae.sweep: {grid.name}",
+                                     {t.key: t.plan.flops for t in pending},
+                                     earlier=len(trials) - len(pending))
+            collector = Collector(reports, grid.name, {t.key: t for t in pending}, stopper, uri,
+                                  progress)
             callbacks: list[tune.Callback] = [collector]
             if temp:
                 callbacks.append(PidRecorder(reports, temp))
@@ -275,7 +287,11 @@ def _sweep(grid: GridConfig, grid_path: Path, raw: dict[str, Any], trials: list[
                 print(f"parcae.sweep: closed {len(closed)} MLflow runs left open: {reason}",
                       flush=True)
             client.set_terminated(parent, status)
-    return summary(grid, trials, reports, started, collector)
+    code = summary(grid, trials, reports, started, collector)
+    if uri:
+        print(f"parcae.sweep: MLflow experiment '{tracking.experiment or grid.name}' at {uri}; "
+              f"open it with: {open_hint(uri)}", flush=True)
+    return code
 
 
 def summary(grid: GridConfig, trials: list[Trial], reports: Reports, started: float,
@@ -312,6 +328,8 @@ def rebuild(reports: Reports) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from parcae.grid import expand, parse_grid
+
     try:
         raw = load_yaml(args.grid)
         grid = parse_grid(raw, str(args.grid))

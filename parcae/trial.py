@@ -23,6 +23,7 @@ from ray import tune
 
 from parcae.monitor import StabilityMonitor, Verdict
 from parcae.run import Result, RunConfig, train_run
+from parcae.runtable import MEASURED_CELLS
 from parcae.tracking import client_for
 
 
@@ -46,7 +47,8 @@ def outcome(status: str, run_id: str, result: Result | None = None,
             test_time=sorted(result.test_time.items()),
             test_time_accuracy=sorted(result.test_time_accuracy.items()),
             stability=result.stability, trace=result.trace,
-            train_seconds=result.train_seconds, error=result.error)
+            train_seconds=result.train_seconds, error=result.error,
+            **{k: getattr(result, k) for k in MEASURED_CELLS})
     return report
 
 

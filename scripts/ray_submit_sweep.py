@@ -1,12 +1,15 @@
 """Run a grid's sweep on a Ray cluster's head node.
 
-    ray submit --start grids/loop_vs_data.yaml scripts/ray_submit_sweep.py [--dry-run]
+    ray submit grids/cluster/aws.yaml scripts/ray_submit_sweep.py grids/loop_vs_data.yaml
 
-`ray submit` copies this script alone to the head and runs it with python; the grid file is
-there as ~/ray_bootstrap_config.yaml and parcae was installed by the grid's setup_commands.
-Reports go to ~/reports/<name>/ on the head; MLflow to the server the head started on port
-5000 of its private address (unless MLFLOW_TRACKING_URI is set), logging in with
-~/.mlflow/credentials where its basic authentication is on (see the grid file).
+(add --dry-run to see the plan.) `ray submit` copies this script alone to the head and runs it
+with python. The grid is read
+from the checkout that file_mounts copied to ~/parcae (a relative path is taken from there;
+without one, the cluster file itself, ~/ray_bootstrap_config.yaml, must hold the sweep under
+metadata.parcae). Reports go to ~/reports/<name>/ on the head; MLflow to the server
+scripts/cluster_mlflow.sh started on port 5000 of the head's private address (unless
+MLFLOW_TRACKING_URI is set), logging in with ~/.mlflow/credentials where its basic
+authentication is on.
 """
 
 import os
@@ -20,6 +23,10 @@ if __name__ == "__main__":
         import ray.util
 
         os.environ["MLFLOW_TRACKING_URI"] = f"http://{ray.util.get_node_ip_address()}:5000"
-    grid = Path.home() / "ray_bootstrap_config.yaml"
+    args = sys.argv[1:]
+    if args and not args[0].startswith("-"):
+        grid = Path.home() / "parcae" / args.pop(0)  # an absolute path stays as it is
+    else:
+        grid = Path.home() / "ray_bootstrap_config.yaml"
     sys.exit(main([str(grid), "--address", "auto", "--reports", str(Path.home() / "reports"),
-                   *sys.argv[1:]]))
+                   *args]))

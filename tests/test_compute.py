@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import pytest
 
-from parcae.compute import account, expected_steps
-from parcae.model import ModelConfig
+from parcae.compute import account, executed_ratio, expected_steps
+from parcae.model import ModelConfig, build_model
+from parcae.module import DepthSampler
 
 TINY = ModelConfig(d_model=64, n_heads=2, prelude_layers=1, core_layers=1, coda_layers=1,
                    vocab_size=256, loops=4, depth_sampling="fixed")
@@ -66,3 +67,59 @@ def test_budget_round_trip():
     acct = account(TINY, seq_len=32)
     assert acct.tokens_for(acct.flops_for(12345)) == 12345
     assert acct.tokens_for(acct.flops_per_token * 0.5) == 0
+
+
+def test_linear_injection_charges_its_h_half_on_every_loop_step():
+    cfg = replace(TINY, injection="linear")
+    acct = account(cfg, seq_len=32)
+    d, attn = 64, 4 * 32 * 64
+    w_h = d * d  # W_h h runs every step; W_e e is hoisted out of the loop and runs once
+    other = 2 * BLOCK + 2 * d * d + EXTRA
+    assert acct.params == other + BLOCK
+    assert acct.flops_step_grad == 6 * (BLOCK + w_h) + 3 * attn
+    assert acct.flops_step_nograd == 2 * (BLOCK + w_h) + attn
+    assert acct.flops_once == 6 * (other - w_h + HEAD) + 3 * attn * 2
+    assert acct.flops_per_token == acct.flops_once + 2 * acct.flops_step_grad \
+        + 2 * acct.flops_step_nograd
+
+
+def executed_over(cfg: ModelConfig, batches: int, batch: int, seq_len: int) -> float:
+    """Executed FLOPs of ``batches`` training batches: the depths the trainer's sampler draws,
+    the loop steps the model's schedule runs for them."""
+    schedule = build_model(cfg).schedule
+    depths = DepthSampler(cfg, seed=0)
+    counts = {"grad": 0, "nograd": 0}
+    for _ in range(batches):
+        grad, nograd = schedule.executed(depths(batch).tolist(), cfg.mu_bwd)
+        counts = {"grad": counts["grad"] + grad, "nograd": counts["nograd"] + nograd}
+    return account(cfg, seq_len).executed_flops(batches * batch * seq_len, counts)
+
+
+@pytest.mark.parametrize("active_only", [True, False])
+@pytest.mark.parametrize("injection", ["diagonal", "linear", "baseline"])
+def test_fixed_depth_executed_flops_equal_the_accounted_exactly(injection, active_only):
+    cfg = replace(TINY, injection=injection, loops=5, active_only=active_only)
+    acct = account(cfg, seq_len=32)
+    assert executed_over(cfg, 7, 4, 32) == acct.flops_for(7 * 4 * 32)
+    assert executed_ratio(cfg, 32, 4, active_only) == 1.0
+
+
+@pytest.mark.parametrize("mu", [4, 8])
+def test_poisson_executed_flops_active_only_converge_all_run_exceed(mu):
+    cfg = replace(TINY, loops=mu, depth_sampling="poisson")
+    tokens = 4000 * 8 * 32
+    accounted = account(cfg, seq_len=32).flops_for(tokens)
+    active = executed_over(replace(cfg, active_only=True), 4000, 8, 32) / accounted
+    all_run = executed_over(replace(cfg, active_only=False), 4000, 8, 32) / accounted
+    assert active == pytest.approx(1.0, abs=0.01)  # 32,000 sequences: sampling noise ~0.3%
+    # every sequence of a batch runs the batch's deepest T: measured as the formula says
+    assert all_run > 1.1
+    assert all_run == pytest.approx(executed_ratio(cfg, 32, 8, active_only=False), abs=0.01)
+
+
+def test_all_run_expectation_of_a_batch_of_one_is_the_per_sequence_one():
+    cfg = replace(TINY, loops=6, depth_sampling="poisson")
+    assert expected_steps(cfg, batch=1) == pytest.approx(expected_steps(cfg), rel=1e-12)
+    n8, k8 = expected_steps(cfg, batch=8)
+    n1, k1 = expected_steps(cfg)
+    assert n8 > n1 and k8 > k1  # the deepest of 8 draws runs longer than one draw

@@ -75,6 +75,9 @@ def test_lm_batches_shape_shift_and_determinism() -> None:
     src = build_data(DataConfig(source="austen", batch_size=4, seq_len=64))
     assert isinstance(src, DataSource)
     assert src.vocab_size == 256 and not src.answer_only
+    # one epoch is the training split: the head (90 %) of every book
+    book_bytes = sum(len(b.tokens) for b in austen_books())
+    assert src.train_tokens is not None and abs(src.train_tokens - 0.9 * book_bytes) < 10
     a, b, c = src.train_batches(7), src.train_batches(7), src.train_batches(8)
     for _ in range(3):
         (xa, ya), (xb, yb), (xc, _) = next(a), next(b), next(c)
@@ -153,6 +156,8 @@ def test_token_npy(tmp_path: Path) -> None:
     np.save(path, np.arange(1000, dtype=np.int32) % 50)
     src = build_data(DataConfig(source="tokens", path=str(path), vocab_size=50, seq_len=8))
     assert next(src.train_batches(0)).x.shape == (8, 8)
+    assert src.train_tokens == 900  # the head of the file; the last 10 % is validation
+    assert src.decode(torch.tensor([3, 4])) == "3 4"  # no tokenizer: the ids
 
 
 def _error(cfg_or_mapping: dict | DataConfig) -> ConfigError:
@@ -198,12 +203,19 @@ def test_bad_inputs_name_the_key(tmp_path: Path) -> None:
     bad_npy.write_bytes(b"not numpy at all")
     assert _error(DataConfig(source="tokens", path=str(bad_npy), vocab_size=9)).key == "path"
 
+    # Raw token files need vocab_size (a prepared folder carries its own): checked when built.
+    err = _error({"source": "tokens", "path": str(toks)})
+    assert err.key == "vocab_size" and "raw token files" in err.message
+    err = _error({"source": "tokens", "path": str(toks), "vocab_size": 70_000})
+    assert err.key == "vocab_size" and "uint16" in err.message
+    err = _error({"source": "tokens", "path": str(tmp_path / "corpus")})
+    assert err.key == "path" and "parcae.prepare" in err.message  # missing: how to make it
+
     # Config-time checks, through the YAML builder so the key carries its prefix.
-    assert _error({"source": "tokens", "path": str(toks)}).key == "data.vocab_size"
     assert _error({"source": "text"}).key == "data.path"
     assert _error({"source": "austen", "vocab_size": 300}).key == "data.vocab_size"
-    assert _error({"source": "tokens", "path": "x", "vocab_size": 70_000}).key == \
-        "data.vocab_size"
+    assert _error({"source": "tokens", "path": "x", "vocab_size": 1}).key == "data.vocab_size"
+    assert _error({"max_epochs": 0}).key == "data.max_epochs"
     assert _error({"source": "addition", "seq_len": 64}).key == "data.seq_len"
     assert _error({"source": "phop", "seq_len": 128}).key == "data.seq_len"
     assert _error({"val_fraction": 1.0}).key == "data.val_fraction"
@@ -228,6 +240,7 @@ def _parse_addition(src: DataSource, batch: Batch) -> list[tuple[list[str], str,
 def test_addition_is_correct_and_fixed_width() -> None:
     src = build_data(ADDITION)
     assert src.answer_only and src.vocab_size == 13
+    assert src.train_tokens is None  # generated: examples never repeat, no epochs
     batches = [next(src.train_batches(0)), *src.val_batches(2)]
     seen_n = set()
     for batch in batches:
@@ -266,7 +279,7 @@ def _reference_hops(seq: list[int], hops: int) -> tuple[int, bool]:
 def test_phop_answers_match_reference(hops: int) -> None:
     cfg = DataConfig(source="phop", phop_hops=hops, seq_len=256, batch_size=128)
     src = build_data(cfg)
-    assert src.answer_only and src.vocab_size == 5
+    assert src.answer_only and src.vocab_size == 5 and src.train_tokens is None
     batch = next(src.train_batches(1))
     assert batch.x.shape == (128, 256)
     scored = batch.y != IGNORE_INDEX

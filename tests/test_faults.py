@@ -422,11 +422,13 @@ def test_trial_environment_withholds_secrets_and_restores_the_driver(monkeypatch
 
 
 def test_cluster_mlflow_binds_the_private_address_with_basic_auth():
-    text = (ROOT / "grids" / "loop_vs_data.yaml").read_text()
-    command = " ".join(yaml.safe_load(text)["head_setup_commands"])
-    assert "mlflow server" in command and "0.0.0.0" not in command
-    assert '--host "$(hostname -I' in command  # the head's private address
-    assert "--app-name basic-auth" in text and "MLFLOW_AUTH_ADMIN_PASSWORD" in text  # documented
+    for cluster in (ROOT / "grids" / "cluster").glob("*.yaml"):
+        commands = yaml.safe_load(cluster.read_text())["head_setup_commands"]
+        assert commands == ["bash ~/parcae/scripts/cluster_mlflow.sh start"], cluster
+    script = (ROOT / "scripts" / "cluster_mlflow.sh").read_text()
+    assert '--host "$host"' in script and "host=$(node_ip)" in script
+    assert "get_node_ip_address" in script  # the head's private address, as Ray uses it
+    assert "--app-name basic-auth" in script and "MLFLOW_AUTH_ADMIN_PASSWORD" in script
 
 
 # --- outputs and bad input (fast) -----------------------------------------------------------

@@ -85,6 +85,12 @@ def test_shipped_grids_are_valid_ray_cluster_configs(path):
 
     data = yaml.safe_load(path.read_text())
     validate_config(fillout_defaults(data))
+    corpus = data["metadata"]["parcae"]["base"].get("data", {})
+    if corpus.get("source") == "tokens" and not Path(corpus["path"]).exists():
+        # the corpus is the user's to fill in: until then the dry run says how to make it
+        with pytest.raises(ConfigError, match="python -m parcae.prepare"):
+            expand(load_grid(path), str(path))
+        return
     assert expand(load_grid(path), str(path))
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from parcae.model import INJECTIONS, ModelConfig, build_model
 from parcae.model.injection import Diagonal
+from parcae.model.schedule import ActiveRows
 from parcae.monitor import lipschitz, token_correlation
 
 TINY = ModelConfig(state_init="zero")
@@ -41,7 +42,7 @@ def test_loop_at_init_is_the_reference_contraction():
     h = torch.randn_like(e)
     dt = -math.log(TINY.a_bar_init)
     expected = TINY.a_bar_init * h + dt * e
-    assert torch.allclose(model.step(h, e, rope), expected, atol=1e-5)
+    assert torch.allclose(model.step(h, model.injection.prepare(e), rope), expected, atol=1e-5)
     assert dt == pytest.approx(0.805, abs=1e-3)
     # iterating converges to the fixed point dt e / (1 - a_bar)
     _, states = model.loop_states(x, 40)
@@ -92,11 +93,12 @@ def test_truncated_backprop_keeps_graph_only_for_the_last_steps():
     truncated = model.injection.A_log.grad.clone()
     model.zero_grad()
     e, h, rope = model.encode(x)
+    drive = model.injection.prepare(e)
     with torch.no_grad():
         for _ in range(4):
-            h = model.step(h, e, rope)
+            h = model.step(h, drive, rope)
     for _ in range(2):
-        h = model.step(h.detach() if _ == 0 else h, e, rope)
+        h = model.step(h.detach() if _ == 0 else h, drive, rope)
     model.decode(h, rope).sum().backward()
     assert torch.allclose(truncated, model.injection.A_log.grad, atol=1e-6)
     model.zero_grad()
@@ -134,3 +136,65 @@ def test_token_correlation_detects_collapse():
     h = torch.randn(2, 10, 32)
     assert abs(token_correlation(h)) < 0.2
     assert token_correlation(h[:, :1].expand(2, 10, 32)) == pytest.approx(1.0, abs=1e-5)
+
+
+def perturbed(cfg: ModelConfig) -> torch.nn.Module:
+    """A model moved off the identity init, so every step changes the state."""
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+DEPTHS = {
+    "poisson": [1, 6, 2, 9, 3, 1, 4, 2],  # T_i = 1 and T_i < mu_bwd beside T_i > mu_bwd
+    "some_below_mu_bwd": [3, 1, 2, 3, 2, 1, 3, 3],
+    "all_equal": [5] * 8,
+    "all_one": [1] * 8,
+}
+
+
+@pytest.mark.parametrize("name", ["diagonal", "linear", "add", "none"])
+@pytest.mark.parametrize("depths", sorted(DEPTHS))
+@pytest.mark.parametrize("min_rows", [1, 2])
+def test_active_only_steps_give_the_logits_and_gradients_of_running_every_sequence(
+        name, depths, min_rows):
+    cfg = replace(TINY, injection=name, loops=4, backprop_depth=3)
+    active = perturbed(cfg)
+    active.schedule = ActiveRows(min_rows)  # 2: as with a compiled core
+    everyone = build_model(replace(cfg, active_only=False))
+    everyone.load_state_dict(active.state_dict())
+    x = torch.randint(0, 256, (8, 12))
+    steps = torch.tensor(DEPTHS[depths])
+    out = {}
+    for key, model in (("active", active), ("all", everyone)):
+        logits = model(x, steps, grad_steps=cfg.mu_bwd)
+        logits.square().mean().backward()
+        out[key] = logits, {n: p.grad for n, p in model.named_parameters()}
+    (la, ga), (lb, gb) = out["active"], out["all"]
+    assert torch.allclose(la, lb, atol=1e-6)
+    assert ga.keys() == gb.keys()
+    for n in ga:
+        assert (ga[n] is None) == (gb[n] is None), n
+        if ga[n] is not None:
+            assert torch.allclose(ga[n], gb[n], atol=1e-7, rtol=1e-5), n
+    assert ga["core.blocks.0.mlp.up.weight"].abs().sum() > 0  # the loop got a gradient
+
+
+def test_active_only_steps_run_fewer_sequence_steps_with_the_same_split():
+    model, everyone = build_model(TINY), build_model(replace(TINY, active_only=False))
+    depths = DEPTHS["poisson"]  # T_max = 9, mu_bwd = 2
+    # each sequence: min(T_i, 2) steps with gradient, the rest without
+    assert model.schedule.executed(depths, 2) == (2 * 6 + 1 * 2, 0 + 4 + 0 + 7 + 1 + 0 + 2 + 0)
+    assert everyone.schedule.executed(depths, 2) == (8 * 2, 8 * 7)
+    assert model.schedule.executed([5] * 8, 2) == everyone.schedule.executed([5] * 8, 2)
+    assert model.schedule.executed([3, 1], None) == (4, 0)  # no truncation: all with gradient
+    # a compiled core never runs one sequence alone: steps 0-2 run a waiting one too
+    assert ActiveRows(min_rows=2).executed(depths, 2) == (14, 14 + 3)
+
+
+def test_only_the_linear_adapter_multiplies_weights_every_step():
+    weights = {name: cls(TINY).step_weights() for name, cls in INJECTIONS.items()}
+    assert weights == {"diagonal": 0, "linear": 64 * 64, "add": 0, "none": 0, "baseline": 0}

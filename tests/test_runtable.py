@@ -36,3 +36,16 @@ def test_rows_write_booleans_and_missing_values_as_the_readme_says(tmp_path):
     assert (row["learned"], row["val_accuracy"], row["val_loss"]) == ("true", "", "")
     tt = read_rows(tmp_path / "tt.csv")
     assert [(r["T"], r["val_accuracy"]) for r in tt] == [("1", ""), ("2", "0.25")]
+
+
+def test_a_table_written_before_columns_were_added_gets_the_new_header(tmp_path):
+    path = tmp_path / "runs.csv"
+    old = [c for c in COLUMNS if c not in ("epochs", "flops_executed", "mfu")]
+    path.write_text(",".join(old) + "\n" + ",".join("a" if c == "run_id" else "1.5"
+                                                     if c == "flops" else "" for c in old)
+                    + "\n")
+    append_row(path, {"run_id": "b", "flops": 2.0, "flops_executed": 2.5, "mfu": 0.25})
+    assert path.read_text().splitlines()[0] == ",".join(COLUMNS)
+    first, second = read_rows(path)
+    assert (first["run_id"], first["flops"], first["flops_executed"]) == ("a", "1.5", "")
+    assert (second["run_id"], second["flops_executed"], second["mfu"]) == ("b", "2.5", "0.25")

@@ -163,6 +163,18 @@ def test_killed_sweep_loses_no_finished_trial(sweep):
     assert "1 already finished" in sweep["resumed"].stdout or len(killed) > 1
 
 
+def test_sweep_reports_progress_and_where_to_look(sweep):
+    out = sweep["resumed"].stdout
+    progress = [line for line in out.splitlines() if " running, " in line]
+    # a line per finished trial (at least), each with the counts and an ETA or why none yet
+    pending = 4 - len(sweep["after_kill"])
+    assert len(progress) >= pending
+    assert all(line.startswith("parcae.sweep: e2e: ") and f" left of {pending} trials" in line
+               and "ETA" in line for line in progress)
+    assert f"{pending} done, 0 running, 0 left of {pending} trials" in progress[-1]
+    assert "open it with: python -m parcae.ui " in out
+
+
 def test_rerun_starts_nothing(sweep):
     proc = sweep["rerun"]
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -241,7 +253,7 @@ def test_mlflow_server_shows_parent_and_children(sweep):
                 assert server.poll() is None and time.monotonic() < deadline, "no server"
                 time.sleep(0.5)
         with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/get-by-name"
-                                    f"?experiment_name=parcae", timeout=30) as resp:
+                                    f"?experiment_name=e2e", timeout=30) as resp:
             exp = json.loads(resp.read())["experiment"]["experiment_id"]
         parents = post(base, "/api/2.0/mlflow/runs/search", {
             "experiment_ids": [exp], "filter": "tags.`parcae.kind` = 'sweep'"})["runs"]
@@ -252,6 +264,8 @@ def test_mlflow_server_shows_parent_and_children(sweep):
             "filter": f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"})["runs"]
         tags = {c["info"]["run_id"]: {t["key"]: t["value"] for t in c["data"]["tags"]}
                 for c in children}
+        data = {c["info"]["run_id"]: {kind: {m["key"]: m["value"] for m in c["data"].get(kind, [])}
+                                      for kind in ("params", "metrics")} for c in children}
         rows = by_trial(sweep["rows"])
         for key in (OK, DIVERGE, STOPPED):
             t = tags[rows[key]["run_id"]]
@@ -259,6 +273,14 @@ def test_mlflow_server_shows_parent_and_children(sweep):
             assert {"loops", "injection", "lr", "params", "tokens"} <= set(t)
         assert tags[rows[OK]["run_id"]]["injection"] == "diagonal"
         assert tags[rows[DIVERGE]["run_id"]]["lr"] == "10"
+        # short names, resolved params of the corpus only, the main figures as metrics
+        assert tags[rows[OK]["run_id"]]["mlflow.runName"] == "diagonal·lr0.003"
+        assert tags[rows[DIVERGE]["run_id"]]["mlflow.runName"] == "add·lr10"
+        ok = data[rows[OK]["run_id"]]
+        assert ok["params"]["model.backprop_depth"] == "1"
+        assert not [k for k in ok["params"] if k.startswith(("data.addition_", "data.phop_"))]
+        assert {"val_loss", "loops", "flops", "tokens", "learned"} <= set(ok["metrics"])
+        assert tags[rows[OK]["run_id"]]["val_loss"] == f"{float(rows[OK]['val_loss']):.6g}"
         statuses = {c["info"]["run_id"]: c["info"]["status"] for c in children}
         # the resumed sweep tried it twice (one retry); the killed one may have tried too
         crashed = [i for i, t in tags.items() if t.get("trial") == CRASH]

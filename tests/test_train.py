@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -19,8 +22,10 @@ from parcae.data.corpus import pydoc_books, split_tail
 from parcae.model import ModelConfig
 from parcae.module import DepthSampler
 from parcae.monitor import RULES
+from parcae.peak import device_peak
 from parcae.run import Result, load, plan, resolve, train_run
 from parcae.train import main
+from parcae.trainer import WARMUP_STEPS
 
 FAST = {"data": {"source": "pydoc", "seq_len": 32, "batch_size": 4},
         "train": {"tokens": 1280, "val_every": 5, "val_batches": 1, "log_every": 2},
@@ -242,3 +247,82 @@ def test_baseline_records_its_effective_depth_and_a_single_loop():
     assert (columns["loops"], columns["core_layers"], columns["effective_depth"]) == (1, 2, 6)
     assert columns["depth_sampling"] == "fixed"
     assert build_data(DataConfig(source="pydoc")).answer_only is False
+
+
+@pytest.fixture
+def peak_cache(tmp_path, monkeypatch):
+    """parcae.peak caches the device's peak under XDG_CACHE_HOME: keep it in the test's folder."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "parcae" / "peak.json"
+
+
+class SlowEdges(L.Callback):
+    """Adds known time to the first step and to every validation pass."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.validations = seconds, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            time.sleep(self.seconds)
+
+    def on_validation_end(self, trainer, pl_module):
+        self.validations += 1
+        time.sleep(self.seconds)
+
+
+def test_speed_excludes_warmup_and_validation_and_fixed_depth_flops_are_executed(peak_cache):
+    cfg = resolve(fast(model={"depth_sampling": "fixed"}, train={"val_every": 3}))
+    slow = SlowEdges(0.4)
+    result = train_run(cfg, callbacks=(slow,))
+    assert result.status in ("ok", "collapsed"), result.error
+    assert result.flops_executed == result.flops  # fixed depth: accounted = executed, exactly
+    assert result.warmup_seconds >= 0.4  # the slow first step is warm-up
+    timed_tokens = (10 - WARMUP_STEPS) * 4 * 32
+    timed = timed_tokens / result.tokens_per_second
+    assert slow.validations >= 3
+    # neither the slow first step nor any validation pass is in the timed steps
+    assert timed <= result.train_seconds - 0.4 * (1 + slow.validations)
+    peak = json.loads(peak_cache.read_text())
+    assert len(peak) == 1 and next(iter(peak.values()))["flops_per_second"] > 1e8
+    assert 0 < result.mfu < 1
+    assert result.mfu == pytest.approx(result.tokens_per_second * plan(cfg).accounting
+                                       .flops_per_token / device_peak("cpu", cfg.train.threads))
+
+
+def test_all_run_scheme_executes_more_than_active_only_on_the_same_depths(peak_cache):
+    runs = {active: train_run(resolve(fast(model={"loops": 6, "active_only": active})))
+            for active in (True, False)}
+    assert runs[True].flops == runs[False].flops  # one accounted budget
+    assert runs[False].flops_executed > runs[True].flops_executed
+    # the same weights, data and depths: the schemes differ in work, not in results
+    assert runs[False].val_loss == pytest.approx(runs[True].val_loss, abs=1e-3)
+
+
+def test_epochs_are_recorded_and_a_repeating_plan_warns_once(caplog):
+    source = build_data(DataConfig(source="pydoc", seq_len=32, batch_size=4))
+    cfg = resolve(fast(train={"tokens": 6 * source.train_tokens}))
+    cfg = replace(cfg, name="repeats")
+    with caplog.at_level(logging.WARNING, logger="parcae.run"):
+        p = plan(cfg)
+        plan(cfg)
+    assert p.epochs == pytest.approx(p.tokens / source.train_tokens)
+    assert p.columns()["epochs"] == p.epochs and 5.9 < p.epochs <= 6
+    (record,) = caplog.records  # once, naming the run and its epochs
+    assert "'repeats'" in record.message and f"{p.epochs:.1f} epochs" in record.message
+    assert "data.max_epochs = 4" in record.message
+    caplog.clear()
+    plan(replace(cfg, data=replace(cfg.data, max_epochs=10.0)))
+    assert not caplog.records
+    task = resolve(fast(data={"source": "addition", "seq_len": 160}, train={"tokens": 6400}))
+    assert plan(task).epochs is None  # fresh examples every batch: no epochs
+
+
+def test_renamed_presets_say_what_they_became():
+    with pytest.raises(ConfigError) as err:
+        resolve({"model": {"preset": "140m"}})
+    assert err.value.key == "model.preset" and "'140m-shape'" in str(err.value)
+    assert "value embeddings" in str(err.value)
+    p = plan(resolve({"model": {"preset": "140m-shape"}, "data": {"batch_size": 1,
+                                                                  "seq_len": 64}}))
+    assert round(p.accounting.params / 1e6, 1) == 43.7  # N: the blocks, no embeddings

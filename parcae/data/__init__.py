@@ -27,16 +27,25 @@ class DataConfig:
     source: Literal["austen", "pydoc", "text", "tokens", "addition", "phop"] = "austen"
     """'austen': Jane Austen's six novels (embedded, byte-level); 'pydoc': Python's help
     topics (small, for tests); 'text': your UTF-8 text file(s) at ``path``, byte-level;
-    'tokens': your pre-tokenized file(s) at ``path``; 'addition' / 'phop': synthetic tasks."""
+    'tokens': a folder made by ``python -m parcae.prepare`` or pre-tokenized file(s) at
+    ``path``; 'addition' / 'phop': synthetic tasks."""
     path: str | None = None
-    """File or glob for 'text' and 'tokens' ('.npy', or raw '.bin' of ``token_dtype``)."""
+    """'text': a file or glob. 'tokens': a folder made by ``python -m parcae.prepare`` (or its
+    metadata.json), or a file or glob of '.npy' / raw '.bin' (of ``token_dtype``) files."""
     token_dtype: Literal["uint16", "uint32"] = "uint16"
-    """Element type of raw '.bin' token files ('.npy' files carry their own)."""
+    """Element type of raw '.bin' token files ('.npy' files and prepared folders carry
+    their own)."""
     vocab_size: int | None = None
-    """Vocabulary of 'tokens' files (required there: every id must be below it). Other sources
-    fix their own (256 bytes; 13 for addition; phop_alphabet + 1 for phop)."""
+    """Vocabulary of raw 'tokens' files (required there: every id must be below it). A
+    prepared folder sets its own (give it only to assert it); other sources fix theirs
+    (256 bytes; 13 for addition; phop_alphabet + 1 for phop)."""
     val_fraction: float = 0.1
-    """Share held out for validation: the tail of every book / file (corpora only)."""
+    """Share held out for validation: the tail of every book / file (corpora and raw token
+    files; a prepared folder was split by ``parcae.prepare --val-fraction``)."""
+    max_epochs: float = 4.0
+    """Runs planned to see the training split more than this many times warn: beyond a few
+    epochs extra tokens are worth less than fresh ones (Muennighoff et al. 2023), so a
+    scaling study would measure memorisation. Not used by the synthetic tasks."""
     batch_size: int = 8
     """Sequences per batch."""
     seq_len: int = 128
@@ -59,6 +68,7 @@ class DataConfig:
         check(self.seq_len >= 1, "seq_len", f"must be at least 1, got {self.seq_len}")
         check(0.0 < self.val_fraction < 1.0, "val_fraction",
               f"must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        check(self.max_epochs > 0, "max_epochs", f"must be positive, got {self.max_epochs}")
         check(self.vocab_size is None or self.source == "tokens", "vocab_size",
               f"only set for source 'tokens'; source '{self.source}' fixes its own vocabulary")
         _SOURCES[self.source].validate(self)
@@ -69,13 +79,10 @@ def _validate_path(cfg: DataConfig) -> None:
 
 
 def _validate_tokens(cfg: DataConfig) -> None:
+    """Whether vocab_size is needed depends on what ``path`` holds: checked when built."""
     _validate_path(cfg)
-    limit = 2 ** (16 if cfg.token_dtype == "uint16" else 32)
-    check(cfg.vocab_size is not None, "vocab_size", "required for source 'tokens'")
-    vocab = cfg.vocab_size or 0
-    check(vocab >= 2, "vocab_size", f"must be at least 2, got {vocab}")
-    check(vocab <= limit, "vocab_size",
-          f"{vocab} ids do not fit token_dtype {cfg.token_dtype} (at most {limit})")
+    check(cfg.vocab_size is None or cfg.vocab_size >= 2, "vocab_size",
+          f"must be at least 2, got {cfg.vocab_size}")
 
 
 def _validate_addition(cfg: DataConfig) -> None:
@@ -128,7 +135,7 @@ def _build_text(cfg: DataConfig, source_file: str | None) -> DataSource:
 
 
 def _build_tokens(cfg: DataConfig, source_file: str | None) -> DataSource:
-    assert cfg.path is not None and cfg.vocab_size is not None  # validated
+    assert cfg.path is not None  # validated
     return token_source(cfg.path, token_dtype=cfg.token_dtype, vocab_size=cfg.vocab_size,
                         val_fraction=cfg.val_fraction, batch_size=cfg.batch_size,
                         seq_len=cfg.seq_len, source_file=source_file)

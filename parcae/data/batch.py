@@ -31,6 +31,9 @@ class DataSource(Protocol):
     """Number of token ids the model must embed (ids are in ``[0, vocab_size)``)."""
     answer_only: bool
     """True for synthetic tasks: only answer tokens are scored, and the metric is exact match."""
+    train_tokens: int | None
+    """Tokens in the training split (what one epoch is); None for generated tasks, whose
+    examples never repeat."""
 
     def train_batches(self, seed: int) -> Iterator[Batch]:
         """Infinite stream of batches; the same seed gives the same stream."""

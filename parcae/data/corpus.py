@@ -11,7 +11,7 @@ import functools
 import hashlib
 import lzma
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import NamedTuple
@@ -115,14 +115,18 @@ class WindowSource:
 
     def __init__(self, train: Sequence[np.ndarray], val: Sequence[np.ndarray], *,
                  vocab_size: int, batch_size: int, seq_len: int, name: str,
-                 byte_level: bool = True, short_key: str = "path",
+                 decoder: Callable[[Tensor], str] | None = None,
+                 unigram: np.ndarray | None = None, short_key: str = "path",
                  source_file: str | None = None) -> None:
         self.vocab_size = vocab_size
+        self.unigram = unigram  # counts per id over the training split, when already known
         self.batch_size = batch_size
         self.seq_len = seq_len
-        self.byte_level = byte_level
+        self._decode = decoder or decode
         self.train = [s for s in train if len(s) > seq_len]
         self.val = [s for s in val if len(s) > seq_len]
+        self.train_tokens: int | None = sum(len(s) for s in self.train)
+        """Tokens of the training split that windows are drawn from."""
         for split, kept, given in (("training", self.train, train), ("validation", self.val, val)):
             if not kept:
                 longest = max((len(s) for s in given), default=0)
@@ -165,6 +169,9 @@ class WindowSource:
 
     def baseline_loss(self, batches: list[Batch]) -> float:
         """Loss of the unigram predictor (token frequencies of the training split)."""
+        if self.unigram is not None:  # counted when the corpus was prepared: no rescan
+            return marginal_loss(torch.from_numpy(self.unigram.astype(np.float64))[None],
+                                 batches)
         counts = np.zeros(self.vocab_size, dtype=np.float64)
         for seg in self.train:
             for start in range(0, len(seg), _CHUNK):  # memory-mapped token files can be large
@@ -173,8 +180,8 @@ class WindowSource:
         return marginal_loss(torch.from_numpy(counts)[None], batches)
 
     def decode(self, ids: Tensor) -> str:
-        """Text for byte-level sources; space-separated ids for pre-tokenized files."""
-        return decode(ids) if self.byte_level else " ".join(map(str, ids.tolist()))
+        """Text of ``ids`` (bytes by default; the source's tokenizer if it was given one)."""
+        return self._decode(ids)
 
 
 def books_source(books: Sequence[Book], *, val_fraction: float, batch_size: int, seq_len: int,

@@ -32,6 +32,7 @@ class _TaskSource:
     """Shared plumbing: a task makes ``count`` examples from a generator; we batch them."""
 
     answer_only = True
+    train_tokens = None  # fresh examples every batch: no epochs
     vocab_size: int
     batch_size: int
 

@@ -5,19 +5,31 @@ Call :func:`fit_path` from Python; it does what the command does and returns the
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from parcae.fit import files
-from parcae.fit.bootstrap import Workers
-from parcae.fit.pipeline import TableFit, fit_table
-from parcae.fit.spec import FitSpec, load_spec
-from parcae.fit.table import TableError, discover, load
+if TYPE_CHECKING:
+    from parcae.fit.bootstrap import Workers
+    from parcae.fit.pipeline import TableFit
+    from parcae.fit.spec import FitSpec
 
 __all__ = ["FitOutcome", "FitSpec", "TableError", "Workers", "fit_path", "fit_table", "load",
            "load_spec"]
+
+#: Names this package exports from its modules, loaded on first use: numpy, scipy and
+#: statsmodels load when fitting, so ``python -m parcae.fit --help`` answers at once.
+_EXPORTS = {"Workers": "bootstrap", "fit_table": "pipeline", "FitSpec": "spec",
+            "load_spec": "spec", "TableError": "table", "discover": "table", "load": "table"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 
 @dataclass
@@ -49,6 +61,10 @@ def fit_path(path: Path, spec: FitSpec | None = None, out: Path | None = None, *
     ``out/<name>/``. ``workers`` overrides ``spec.bootstrap.workers``. Raises
     :class:`TableError` when ``path`` holds no table at all.
     """
+    from parcae.fit.bootstrap import Workers
+    from parcae.fit.spec import FitSpec
+    from parcae.fit.table import discover
+
     spec = spec or FitSpec()
     sources = discover(path)
     with Workers(workers or spec.bootstrap.workers) as pool:
@@ -58,7 +74,9 @@ def fit_path(path: Path, spec: FitSpec | None = None, out: Path | None = None, *
 
 def _fit_one(source: Path, spec: FitSpec, out: Path | None, several: bool, pool: Workers,
              spec_label: str, say: Callable[[str], None]) -> FitOutcome:
-    from parcae.fit import plots, publish, report  # matplotlib and mlflow load only here
+    from parcae.fit import files, plots, publish, report  # matplotlib and mlflow load only here
+    from parcae.fit.pipeline import fit_table
+    from parcae.fit.table import TableError, load
 
     try:
         table = load(source, spec)
@@ -81,5 +99,5 @@ def _fit_one(source: Path, spec: FitSpec, out: Path | None, several: bool, pool:
         f"{folder / 'fits.json'}, bootstrap.npz and report.md")
     written = [folder / "fits.json", folder / "bootstrap.npz", folder / "report.md",
                *[folder / f for _, f in figures]]
-    publish.publish(table, written, say)
+    publish.publish(result, written, say)
     return FitOutcome(source, result, folder)

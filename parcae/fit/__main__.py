@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 from parcae.config import ConfigError, parse_override
-from parcae.fit import TableError, fit_path, load_spec
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=None,
                         help="bootstrap worker processes (default: the spec's bootstrap.workers)")
     args = parser.parse_args(argv)
+    from parcae.fit import TableError, fit_path, load_spec  # numpy and scipy: after parsing
+
     try:
         spec = load_spec(args.spec, dict(parse_override(o) for o in args.overrides))
         outcomes = fit_path(args.path, spec, args.out, workers=args.workers,

@@ -54,6 +54,11 @@ class ModelConfig:
     """Initial decay A-bar in every channel (sqrt(1/5) as in the reference)."""
     rope_base: float = 10000.0
     """RoPE frequency base."""
+    active_only: bool = True
+    """Run each loop step only on the sequences still running (exact: attention never mixes
+    sequences, so logits and gradients are those of running every sequence T_max steps, the
+    Parcae reference's scheme, which ``false`` restores). A batch then costs sum_i T_i loop
+    steps instead of B * max_i T_i."""
 
     def __post_init__(self) -> None:
         check(self.d_model > 0, "d_model", "must be a positive integer")
@@ -101,6 +106,11 @@ class ModelConfig:
 
 
 #: Shapes: (d_model, n_heads, prelude, core, coda). The reference sizes use head dim 128.
+#: The ``-shape`` presets are the block shapes of the Parcae paper's models without their value
+#: embeddings, so they are smaller than the paper's names say: N (the run table's
+#: ``params``, non-embedding) is 43.7M / 153M / 357M / 684M; the paper's 140M
+#: counts its embedding and three value-embedding tables (144.3M at a 32,768 vocabulary, where
+#: this shape plus its tied embedding is 68.8M).
 #: The tiny preset starts from a larger weight scale: at d_model = 64 the reference 0.02 (meant
 #: for d >= 768) leaves the tied embedding so small that 50k-150k-token runs stay at the unigram
 #: loss; 0.1 learns within 50k tokens (0.05 and 0.2 learn less; LOG.md, 2026-11-25).
@@ -108,8 +118,14 @@ PRESETS: dict[str, dict[str, float]] = {
     "tiny": dict(d_model=64, n_heads=2, prelude_layers=1, core_layers=1, coda_layers=1,
                  init_std=0.1),
     "small": dict(d_model=128, n_heads=4, prelude_layers=1, core_layers=2, coda_layers=1),
-    "140m": dict(d_model=768, n_heads=6, prelude_layers=2, core_layers=2, coda_layers=2),
-    "370m": dict(d_model=1024, n_heads=8, prelude_layers=4, core_layers=4, coda_layers=4),
-    "770m": dict(d_model=1280, n_heads=10, prelude_layers=6, core_layers=6, coda_layers=6),
-    "1.3b": dict(d_model=1536, n_heads=12, prelude_layers=8, core_layers=8, coda_layers=8),
+    "140m-shape": dict(d_model=768, n_heads=6, prelude_layers=2, core_layers=2, coda_layers=2),
+    "370m-shape": dict(d_model=1024, n_heads=8, prelude_layers=4, core_layers=4, coda_layers=4),
+    "770m-shape": dict(d_model=1280, n_heads=10, prelude_layers=6, core_layers=6,
+                       coda_layers=6),
+    "1.3b-shape": dict(d_model=1536, n_heads=12, prelude_layers=8, core_layers=8,
+                       coda_layers=8),
 }
+
+#: Former preset names -> the preset they became (naming them is an error that says so).
+RENAMED_PRESETS: dict[str, str] = {
+    "140m": "140m-shape", "370m": "370m-shape", "770m": "770m-shape", "1.3b": "1.3b-shape"}

@@ -7,7 +7,8 @@ from torch import Tensor, nn
 
 from parcae.model.blocks import RMSNorm, Stack, rope_tables
 from parcae.model.config import ModelConfig
-from parcae.model.injection import build_injection
+from parcae.model.injection import Drive, build_injection
+from parcae.model.schedule import ActiveRows, AllRows
 
 
 class LoopedLM(nn.Module):
@@ -25,6 +26,15 @@ class LoopedLM(nn.Module):
         self.coda = Stack(cfg.coda_layers, d, h, f)
         self.norm = RMSNorm(d)
         self.head_dim = d // h
+        self.schedule = ActiveRows() if cfg.active_only else AllRows()
+
+    def compile_core(self) -> None:
+        """torch.compile the core in place (parameter names unchanged). Shapes are dynamic:
+        active-only loop steps run a varying number of sequences (at least two, see
+        ``ActiveRows``)."""
+        self.core.compile(dynamic=True)
+        if isinstance(self.schedule, ActiveRows):
+            self.schedule = ActiveRows(min_rows=2)
 
     def core_parameters(self) -> list[nn.Parameter]:
         """Parameters applied once per loop step (counted per step in the compute accounting)."""
@@ -40,9 +50,10 @@ class LoopedLM(nn.Module):
             h0 = nn.init.trunc_normal_(h0, std=std, a=-3 * std, b=3 * std)
         return e, self.injection.start(h0, e), rope
 
-    def step(self, h: Tensor, e: Tensor, rope: Tensor) -> Tensor:
-        """One loop step h_{t+1} = R(A-bar h_t + B-bar e)."""
-        return self.core(self.injection(h, e), rope)
+    def step(self, h: Tensor, drive: Drive, rope: Tensor) -> Tensor:
+        """One loop step h_{t+1} = R(A-bar h_t + B-bar e); ``drive = injection.prepare(e)``
+        holds the loop-invariant A-bar and B-bar e, computed once per forward."""
+        return self.core(self.injection(h, *drive), rope)
 
     def decode(self, h: Tensor, rope: Tensor) -> Tensor:
         return nn.functional.linear(self.norm(self.coda(self.C(h), rope)), self.embed.weight)
@@ -50,28 +61,23 @@ class LoopedLM(nn.Module):
     def forward(self, idx: Tensor, steps: Tensor | int, grad_steps: int | None = None) -> Tensor:
         """Logits after ``steps`` loop steps (an int, or one count per sequence).
 
-        Sequences of a batch are right-aligned so they all end on the last step: sequence i
-        waits until step T_max - T_i. Only the last ``grad_steps`` steps keep a graph
-        (truncated backprop); the earlier ones run without gradient.
+        Sequences of a batch are right-aligned so they all end on the last step; only the last
+        ``grad_steps`` steps keep a graph (truncated backprop), the earlier ones run without
+        gradient (``parcae.model.schedule``).
         """
         e, h, rope = self.encode(idx)
-        steps = torch.as_tensor(steps, device=idx.device).expand(idx.shape[0])
-        total = int(steps.max())
-        grad_from = total - (total if grad_steps is None else min(grad_steps, total))
-        start = (total - steps).view(-1, 1, 1)
-        all_running = int(start.max())  # from here on no sequence is still waiting
-        for t in range(total):
-            with torch.set_grad_enabled(torch.is_grad_enabled() and t >= grad_from):
-                h_next = self.step(h, e, rope)
-                h = h_next if t >= all_running else torch.where(t >= start, h_next, h)
+        drive = self.injection.prepare(e)
+        depths = torch.as_tensor(steps).expand(idx.shape[0]).tolist()
+        h = self.schedule.run(lambda z, d: self.step(z, d, rope), h, drive, depths, grad_steps)
         return self.decode(h, rope)
 
     @torch.no_grad()
     def loop_states(self, idx: Tensor, steps: int) -> tuple[Tensor, list[Tensor]]:
         """The injected input e and the states h_1..h_T of a fixed-depth pass (for monitors)."""
         e, h, rope = self.encode(idx)
+        drive = self.injection.prepare(e)
         states = []
         for _ in range(steps):
-            h = self.step(h, e, rope)
+            h = self.step(h, drive, rope)
             states.append(h)
         return e, states
