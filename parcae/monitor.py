@@ -36,12 +36,15 @@ from parcae.model.looped import LoopedLM
 class MonitorConfig:
     """When to measure stability, and what counts as divergence, collapse and learning."""
 
-    every: int = 10
-    """Optimizer steps between state-norm traces."""
+    every: int = 20
+    """Optimizer steps between state-norm traces. Non-finite or over-limit losses and gradients
+    are checked every step and trigger a trace at once; every 10 with the Lipschitz estimate
+    every 100 cost 2.9-3.3% of step time at tiny and small on 2 CPU threads
+    (``benchmarks/train_throughput.py``), hence 20."""
     lipschitz_every: int = 100
     """Optimizer steps between Lipschitz estimates (0 disables). One estimate costs about a
-    training step (power iteration with a JVP and a VJP per iteration): every 100 steps keeps
-    the monitors under 3% of step time (``benchmarks/train_throughput.py``); 50 cost 3-4%."""
+    training step (power iteration with a JVP and a VJP per iteration); every 50 cost 3-4% of
+    step time with the traces."""
     power_iters: int = 5
     """Power-iteration steps per Lipschitz estimate."""
     sample: int = 2
