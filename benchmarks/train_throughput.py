@@ -40,10 +40,12 @@ import torch
 
 from parcae.module import LoopedLMModule, lm_loss, use_compile
 from parcae.monitor import StabilityMonitor
+from parcae.peak import device_peak
 from parcae.run import RunConfig, data_source, plan, resolve, train_run
+from parcae.trainer import WARMUP_STEPS
 
-WARMUP = 2
-"""Steps not timed: the first builds caches (and compiles, with compile on)."""
+WARMUP = WARMUP_STEPS
+"""Steps not timed, as in the real path: the first build caches (and compile, with compile on)."""
 
 
 def now(device: str) -> float:
@@ -63,34 +65,13 @@ def config(preset: str, loops: int, steps: int, batch: int, seq: int, threads: i
     return replace(cfg, **{k: replace(getattr(cfg, k), **v) for k, v in overrides.items()})
 
 
-class StepTimer(L.Callback):
-    """Seconds of the training steps after the warm-up (validation passes excluded)."""
-
-    def __init__(self) -> None:
-        self.seconds, self.tokens, self.steps, self.mark = 0.0, 0, 0, 0.0
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.mark = now(pl_module.device.type)
-
-    def on_validation_end(self, trainer, pl_module) -> None:
-        self.mark = now(pl_module.device.type)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        t = now(pl_module.device.type)
-        self.steps += 1
-        if self.steps > WARMUP:
-            self.seconds += t - self.mark
-            self.tokens += batch[0].numel()
-        self.mark = t
-
-
 def real(cfg: RunConfig) -> float:
-    """Tokens/s of the real path's training steps."""
-    timer = StepTimer()
-    result = train_run(cfg, callbacks=(timer,))
-    if result.status == "failed":
-        raise RuntimeError(result.error)
-    return timer.tokens / timer.seconds
+    """Tokens/s of the real path's training steps, as the run records them itself
+    (``parcae.trainer.StepClock``)."""
+    result = train_run(cfg)
+    if result.status == "failed" or result.tokens_per_second is None:
+        raise RuntimeError(result.error or "no training step ran after the warm-up")
+    return result.tokens_per_second
 
 
 def bare_steps(cfg: RunConfig) -> Iterator[float]:
@@ -165,21 +146,6 @@ def monitor_overhead(cfg: RunConfig, repeats: int) -> tuple[float, float]:
     return added / step, both - trace
 
 
-def device_peak_flops(device: str, threads: int) -> tuple[float, str]:
-    try:
-        from parcae.peak import device_peak
-    except ImportError:  # measured here when the cached figure's module is absent
-        n = 512
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        for _ in range(3):
-            a @ b
-        start, reps = now(device), 20
-        for _ in range(reps):
-            a @ b
-        return 2 * n**3 * reps / (now(device) - start), "matmul timed here"
-    return device_peak(device, None if device == "cuda" else threads), "parcae.peak"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--presets", default="tiny,small")
@@ -200,10 +166,10 @@ def main() -> None:
         args.presets, args.loops, args.rounds, args.steps = "tiny", "4", 2, 20
     torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    peak, peak_source = device_peak_flops(device, args.threads)
+    peak = device_peak(device, None if device == "cuda" else args.threads)
     print(f"device={device} threads={args.threads} batch={args.batch}x{args.seq} "
           f"steps/run={args.steps} (first {WARMUP} untimed) rounds={args.rounds}; "
-          f"peak {peak / 1e9:.0f} GFLOP/s ({peak_source})", flush=True)
+          f"peak {peak / 1e9:.0f} GFLOP/s (parcae.peak)", flush=True)
     shapes = [(p, int(mu)) for p in args.presets.split(",") for mu in args.loops.split(",")]
     variants = {
         "real": {}, "bare": {}, "today": {"model": {"active_only": False},
