@@ -127,25 +127,31 @@ def client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri)
 
 
-def check_reachable(uri: str, key: str = "tracking.uri") -> None:
-    """Refuse, within seconds, a tracking server that does not answer (before any training).
+def unreachable(uri: str) -> str | None:
+    """Why the tracking server at ``uri`` does not answer within ``CONNECT_TIMEOUT``, else None.
 
     Only http(s) URIs name a server; a SQLite or file store is created on first use.
     """
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     import urllib.error
     import urllib.request
 
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=CONNECT_TIMEOUT):
-            pass
+            return None
     except urllib.error.HTTPError:  # it answers: a server, perhaps behind a proxy
-        return
+        return None
     except (OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        return str(getattr(exc, "reason", exc)) or type(exc).__name__
+
+
+def check_reachable(uri: str, key: str = "tracking.uri") -> None:
+    """Refuse, within seconds, a tracking server that does not answer (before any training)."""
+    reason = unreachable(uri)
+    if reason is not None:
         raise ConfigError(key, f"MLflow tracking server {uri} is unreachable ({reason}); start "
-                          "it or point MLFLOW_TRACKING_URI elsewhere") from None
+                          "it or point MLFLOW_TRACKING_URI elsewhere")
 
 
 def artifact_location(uri: str) -> str | None:

@@ -20,16 +20,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 from parcae.fit.results import TableFit
 from parcae.fit.table import SWEEP_FILE
-from parcae.tracking import sweep_store
+from parcae.tracking import CONNECT_TIMEOUT, sweep_store, unreachable
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -51,11 +49,14 @@ def publish(result: TableFit, files: list[Path], say: Callable[[str], None]) -> 
 
     uri = sweep_store(table.sweep, table.folder)
     run_id = table.sweep["parent_run_id"]
-    unreachable = _unreachable(uri)
-    if unreachable:
-        say(f"{table.name}: tracking server {uri} cannot be reached ({unreachable}); fits not "
+    reason = unreachable(uri)
+    if reason is not None:
+        say(f"{table.name}: tracking server {uri} cannot be reached ({reason}); fits not "
             f"logged to MLflow (the files are written).")
         return
+    # it answered: a later failure is reported at once, not retried by MLflow for minutes
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(3 * CONNECT_TIMEOUT)))
     sweep, per_run = numbers(result.laws)
     try:
         client = mlflow.MlflowClient(uri)
@@ -134,21 +135,3 @@ def _children(client: MlflowClient, parent_run_id: str) -> set[str]:
     runs = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{parent_run_id}'",
                               max_results=50000)
     return {r.info.run_id for r in runs}
-
-
-_PROBE_S = 3.0  # seconds to wait for a tracking server's TCP port
-
-
-def _unreachable(uri: str) -> str | None:
-    """Why an HTTP(S) tracking server cannot be reached, or None (files and databases pass)."""
-    url = urlparse(uri)
-    if url.scheme not in ("http", "https"):
-        return None
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(_PROBE_S * 3)))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "localhost", port), timeout=_PROBE_S):
-            return None
-    except OSError as exc:
-        return str(exc) or type(exc).__name__
