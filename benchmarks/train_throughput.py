@@ -1,15 +1,16 @@
-"""Training speed on this machine, measured in one process in interleaved rounds (medians).
+"""Training speed on this machine, measured in one process in rounds (medians).
 
     python benchmarks/train_throughput.py [--quick] [--rounds 3] [--steps 110] [--compile]
 
-For each shape (preset x mu), each round runs, back to back so drifting machine load hits all:
+For each shape (preset x mu), each round runs the real path with the bare loops in lockstep:
+after each step of the real path, one step of each bare loop, so load drift hits all alike.
 
 - real:  ``parcae.run.train_run`` as every run and sweep trial runs it (monitors on, tracking
-         off); only its training steps are timed (validation and the test-time curve apart).
+         off); only its training steps are timed (validation and the test-time curve apart),
+         by the run's own clock, from which the bare loops' seconds are taken out.
 - bare:  a plain PyTorch loop over the same module, data stream, optimizer, schedule and
          clipping: the fast step as configured (active-only loop steps, hoisted injection,
-         ``train.compile`` as its default resolves here). The bare loops (bare, today,
-         compiled) run in lockstep, one step of each in turn, so load drift hits them alike.
+         ``train.compile`` as its default resolves here).
 - today: the same bare loop with every sequence running max_i T_i loop steps
          (``model.active_only=false``, no compile): the Parcae reference's scheme.
 - compiled (with --compile): the bare loop with ``train.compile=on``; its warm-up (compile)
@@ -18,7 +19,8 @@ For each shape (preset x mu), each round runs, back to back so drifting machine 
 A step is timed with its data, forward, backward and optimizer (and, on the real path, the
 monitors and Lightning: from the end of the previous step to its own end), skipping the first
 ``WARMUP`` steps; tokens/s = tokens / seconds of the timed steps. Printed: tokens/s, the
-ratios real/bare (goal >= 0.95) and bare/today (goal >= 1.3), monitor overhead (the monitor's
+ratios real/bare (goal >= 0.95) and bare/today (medians of the rounds' ratios; the 1.3x goal is
+against the Parcae reference model: ``reference_throughput.py``), monitor overhead (the monitor's
 measurements at their default cadence over the training step's time, the two timed
 alternately; goal < 3%) and MFU (accounted model FLOP/s, from parcae.compute, over the
 device's measured matmul peak, parcae.peak; a peak measured on a busy machine is low and
@@ -42,7 +44,7 @@ from parcae.module import LoopedLMModule, lm_loss, use_compile
 from parcae.monitor import StabilityMonitor
 from parcae.peak import device_peak
 from parcae.run import RunConfig, data_source, plan, resolve, train_run
-from parcae.trainer import WARMUP_STEPS
+from parcae.trainer import WARMUP_STEPS, StepClock
 
 WARMUP = WARMUP_STEPS
 """Steps not timed, as in the real path: the first build caches (and compile, with compile on)."""
@@ -65,17 +67,42 @@ def config(preset: str, loops: int, steps: int, batch: int, seq: int, threads: i
     return replace(cfg, **{k: replace(getattr(cfg, k), **v) for k, v in overrides.items()})
 
 
-def real(cfg: RunConfig) -> float:
-    """Tokens/s of the real path's training steps, as the run records them itself
-    (``parcae.trainer.StepClock``)."""
-    result = train_run(cfg)
+class Lockstep(L.Callback):
+    """Runs one step of each bare loop after every step of the real path, in its process, so
+    that load on the machine hits all alike; the seconds they take are moved out of the real
+    path's own step clock (``StepClock``, which times from one step's end to the next's)."""
+
+    def __init__(self, loops: dict[str, Iterator[float]]) -> None:
+        self.loops = loops
+        self.times: dict[str, list[float]] = {name: [] for name in loops}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        start = time.perf_counter()
+        for name, loop in self.loops.items():
+            self.times[name].append(next(loop))
+        clock = next(c for c in trainer.callbacks if isinstance(c, StepClock))
+        clock.mark += time.perf_counter() - start
+
+
+def lockstep(cfgs: dict[str, RunConfig]) -> dict[str, tuple[float, float | None]]:
+    """The real path (``cfgs["real"]``: ``parcae.run.train_run``, its tokens/s as the run
+    records them) with the bare loops of the other configs stepped in lockstep:
+    {name: (tokens/s after the warm-up, warm-up seconds of a bare loop)}."""
+    step = Lockstep({name: bare_steps(cfg) for name, cfg in cfgs.items() if name != "real"})
+    result = train_run(cfgs["real"], callbacks=(step,))
     if result.status == "failed" or result.tokens_per_second is None:
         raise RuntimeError(result.error or "no training step ran after the warm-up")
-    return result.tokens_per_second
+    out: dict[str, tuple[float, float | None]] = {"real": (result.tokens_per_second, None)}
+    for name, times in step.times.items():
+        timed, cfg = times[WARMUP:], cfgs[name]
+        out[name] = (len(timed) * cfg.data.batch_size * cfg.data.seq_len / sum(timed),
+                     sum(times[:WARMUP]))
+    return out
 
 
 def bare_steps(cfg: RunConfig) -> Iterator[float]:
-    """A plain PyTorch training loop; yields the seconds of each step (data included)."""
+    """A plain PyTorch training loop, built at once; yields the seconds of each step (data
+    included)."""
     device = "cuda" if torch.cuda.is_available() and cfg.train.device != "cpu" else "cpu"
     source = data_source(cfg)
     p = plan(cfg, source)
@@ -86,25 +113,14 @@ def bare_steps(cfg: RunConfig) -> Iterator[float]:
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     stream = source.train_batches(cfg.train.seed)
-    for _ in range(p.steps):
-        start = now(device)
-        train_step(module, opt, sched, *(t.to(device) for t in next(stream)))
-        yield now(device) - start
 
+    def steps() -> Iterator[float]:
+        for _ in range(p.steps):
+            start = now(device)
+            train_step(module, opt, sched, *(t.to(device) for t in next(stream)))
+            yield now(device) - start
 
-def bare(cfgs: dict[str, RunConfig]) -> dict[str, tuple[float, float]]:
-    """Plain loops of several configs stepped in lockstep, one step of each in turn, so load
-    on the machine hits them alike: {name: (tokens/s after the warm-up, warm-up seconds)}."""
-    times: dict[str, list[float]] = {name: [] for name in cfgs}
-    for step in zip(*(bare_steps(cfg) for cfg in cfgs.values()), strict=True):
-        for name, seconds in zip(cfgs, step, strict=True):
-            times[name].append(seconds)
-    out = {}
-    for name, cfg in cfgs.items():
-        timed = times[name][WARMUP:]
-        tokens = len(timed) * cfg.data.batch_size * cfg.data.seq_len
-        out[name] = tokens / sum(timed), sum(times[name][:WARMUP])
-    return out
+    return steps()
 
 
 def train_step(module: LoopedLMModule, opt, sched, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -116,6 +132,12 @@ def train_step(module: LoopedLMModule, opt, sched, x: torch.Tensor, y: torch.Ten
     torch.nn.utils.clip_grad_norm_(module.parameters(), module.cfg.grad_clip)
     opt.step()
     sched.step()
+
+
+def ratio(speed: dict[str, list[float]], a: str, b: str) -> str:
+    """Median of the rounds' ratios a/b (within a round both ran under the same load)."""
+    rs = [x / y for x, y in zip(speed[a], speed[b], strict=True)]
+    return f"{statistics.median(rs):.3f} (rounds: " + " ".join(f"{r:.3f}" for r in rs)
 
 
 def monitor_overhead(cfg: RunConfig, repeats: int) -> tuple[float, float]:
@@ -134,14 +156,14 @@ def monitor_overhead(cfg: RunConfig, repeats: int) -> tuple[float, float]:
         x, y = next(stream)
         sample = x[: cfg.monitor.sample]
         jobs = {"step": partial(train_step, module, opt, sched, x, y),
-                "trace": partial(monitor.measure, module.model, sample, 1),
-                "lipschitz": partial(monitor.measure, module.model, sample, 0)}
+                "trace": partial(monitor.measure, module.model, sample, False),
+                "lipschitz": partial(monitor.measure, module.model, sample, True)}
         for key, work in jobs.items():
             start = time.perf_counter()
             work()
             times[key].append(time.perf_counter() - start)
     step, trace, both = (statistics.median(times[k]) for k in ("step", "trace", "lipschitz"))
-    m = cfg.monitor  # step 1: a trace row; step 0 also a Lipschitz estimate
+    m = cfg.monitor
     added = trace / m.every + (both - trace) / max(m.lipschitz_every, 1)
     return added / step, both - trace
 
@@ -182,11 +204,10 @@ def main() -> None:
         speed: dict[str, list[float]] = {name: [] for name in cfgs}
         warm: dict[str, list[float]] = {name: [] for name in cfgs}
         for _ in range(args.rounds):
-            speed["real"].append(real(cfgs["real"]))
-            for name, (tps, warmup) in bare({k: c for k, c in cfgs.items()
-                                              if k != "real"}).items():
+            for name, (tps, warmup) in lockstep(cfgs).items():
                 speed[name].append(tps)
-                warm[name].append(warmup)
+                if warmup is not None:
+                    warm[name].append(warmup)
         med = {name: statistics.median(v) for name, v in speed.items()}
         p = plan(cfgs["bare"])
         print(f"\n{preset} mu={mu} mu_bwd={p.model.mu_bwd} params={p.accounting.params:,} "
@@ -198,12 +219,12 @@ def main() -> None:
             if warm[name]:
                 line += f"  warm-up {statistics.median(warm[name]):6.1f} s"
             print(line + "  rounds: " + " ".join(f"{v:.0f}" for v in speed[name]))
-        print(f"  real/bare  {med['real'] / med['bare']:.3f}  (goal >= 0.95)")
-        print(f"  bare/today {med['bare'] / med['today']:.3f}  (fast step over the all-run "
-              f"scheme; goal >= 1.3)")
+        print(f"  real/bare  {ratio(speed, 'real', 'bare')}; goal >= 0.95)")
+        print(f"  bare/today {ratio(speed, 'bare', 'today')}; the fast step over the all-run "
+              f"scheme)")
         if "compiled" in med:
-            print(f"  compiled/bare {med['compiled'] / med['bare']:.3f} (steady state; "
-                  f"compile time in its warm-up)")
+            print(f"  compiled/bare {ratio(speed, 'compiled', 'bare')}; steady state, compile "
+                  f"time in its warm-up)")
         overhead, lipschitz_s = monitor_overhead(cfgs["bare"], 3 * args.rounds)
         m = cfgs["bare"].monitor
         print(f"  monitor overhead {overhead:.2%} of a training step at the default cadence "

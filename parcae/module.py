@@ -205,8 +205,9 @@ class LoopedLMModule(L.LightningModule):
              "weight_decay": self.cfg.weight_decay},
             {"params": [p for p in params if id(p) in no_decay], "weight_decay": 0.0},
         ]
+        # one fused kernel per group, on CPU too: the per-tensor loop is ~3% of a small step
         opt = torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(self.cfg.beta1, self.cfg.beta2),
-                                fused=self.device.type == "cuda")
+                                fused=True)
         sched = torch.optim.lr_scheduler.LambdaLR(
             opt, lambda s: lr_factor(s, self.total_steps, self.cfg))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

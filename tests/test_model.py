@@ -198,3 +198,67 @@ def test_active_only_steps_run_fewer_sequence_steps_with_the_same_split():
 def test_only_the_linear_adapter_multiplies_weights_every_step():
     weights = {name: cls(TINY).step_weights() for name, cls in INJECTIONS.items()}
     assert weights == {"diagonal": 0, "linear": 64 * 64, "add": 0, "none": 0, "baseline": 0}
+
+
+def test_lipschitz_estimate_is_the_jacobians_largest_singular_value():
+    torch.manual_seed(0)
+    model = build_model(replace(TINY, d_model=16, n_heads=2)).double()
+    with torch.no_grad():  # leave the identity start: blocks with zero output projections
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    x = torch.randint(0, 256, (1, 6))
+    with torch.no_grad():
+        e, h, rope = model.encode(x)
+        drive = model.injection.prepare(e)
+        for _ in range(3):
+            h = model.step(h, drive, rope)
+    jac = torch.autograd.functional.jacobian(lambda z: model.step(z, drive, rope), h)
+    exact = torch.linalg.matrix_norm(jac.reshape(h.numel(), h.numel()), 2).item()
+    assert exact != pytest.approx(TINY.a_bar_init, rel=0.05)  # not the trivial start
+    assert lipschitz(model, x, 3, iters=60) == pytest.approx(exact, rel=1e-3)
+
+
+def test_rope_rotates_pairs_and_scores_depend_on_relative_position():
+    from parcae.model.blocks import apply_rope, rope_tables
+
+    torch.manual_seed(0)
+    rope = rope_tables(12, 8, 10_000.0, torch.device("cpu")).double()
+    q, k = torch.randn(2, 1, 1, 1, 8, dtype=torch.double)
+    at = lambda v, pos: apply_rope(v.expand(1, 12, 1, 1, 8), rope)[0, pos, 0, 0]  # noqa: E731
+    assert torch.allclose(at(q, 0), q.flatten())  # position 0 is not rotated
+    assert at(q, 5).norm() == pytest.approx(q.norm().item())
+    # (first half, second half) pairs rotate by position * frequency
+    x1, x2 = q.flatten()[:4], q.flatten()[4:]
+    angle = 3 * 10_000.0 ** (-torch.arange(0, 8, 2, dtype=torch.double) / 8)
+    rotated = torch.cat((x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()))
+    assert torch.allclose(at(q, 3), rotated)
+    assert (at(q, 7) @ at(k, 4)).item() == pytest.approx((at(q, 5) @ at(k, 2)).item())
+
+
+def test_qk_norm_normalizes_queries_and_keys_with_their_own_weights():
+    from parcae.model.blocks import QKNorm
+
+    norm = QKNorm(8)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([1.0, 3.0])[:, None, None].expand(2, 1, 8))
+    out = norm(torch.randn(4, 5, 2, 3, 8) * 7)
+    rms = out.pow(2).mean(-1).sqrt()
+    assert torch.allclose(rms[:, :, 0], torch.ones(4, 5, 3), atol=1e-4)
+    assert torch.allclose(rms[:, :, 1], torch.full((4, 5, 3), 3.0), atol=1e-4)
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape"), [((4, 5, 8), (8,)), ((3, 4, 2, 3, 8), (2, 1, 8))])
+def test_rms_norm_matches_torch_with_exact_gradients_and_tangents(x_shape, w_shape):
+    from torch.nn.functional import rms_norm as torch_rms_norm
+
+    from parcae.model.norm import rms_norm
+
+    torch.manual_seed(0)
+    x = torch.randn(x_shape, dtype=torch.double, requires_grad=True)
+    w = torch.randn(w_shape, dtype=torch.double, requires_grad=True)
+    expected = torch_rms_norm(x, (x_shape[-1],), None, 1e-6) * w
+    assert torch.allclose(rms_norm(x, w, 1e-6), expected)
+    norm = lambda a, b: rms_norm(a, b, 1e-6)  # noqa: E731
+    assert torch.autograd.gradcheck(norm, (x, w))
+    assert torch.autograd.gradcheck(norm, (x, w), check_forward_ad=True, check_backward_ad=False,
+                                    check_undefined_grad=False)

@@ -62,6 +62,10 @@ def test_each_variant_trains_and_records(injection, tmp_path):
     assert result.stability["max_state_norm"] > 0
     if injection != "baseline":
         assert result.stability["lipschitz"] > 0
+    # rows after the first step (with a Lipschitz estimate), then every 3 steps and the last
+    assert [row["step"] for row in result.trace] == [1, 3, 6, 9, 10]
+    lipschitz_rows = [row["step"] for row in result.trace if "lipschitz" in row]
+    assert lipschitz_rows == ([] if injection == "baseline" else [1, 3, 6, 9])
     stored = Result.read(tmp_path / "result.json")
     assert stored.test_time == result.test_time and stored.status == result.status
     assert stored.design == result.design and stored.design["core_layers"] == 1

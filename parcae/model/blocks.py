@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from parcae.model.norm import rms_norm
+
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
@@ -14,22 +16,36 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return rms_norm(x, self.weight, self.eps)
+
+
+class QKNorm(RMSNorm):
+    """QK-norm of queries and keys in one op: x is (..., 2, heads, head_dim), the 2 being
+    (query, key), each with its own weight over the head dimension."""
+
+    def __init__(self, head_dim: int, eps: float = 1e-6) -> None:
+        super().__init__(head_dim, eps)
+        self.weight = nn.Parameter(torch.ones(2, 1, head_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return rms_norm(x, self.weight, self.eps)
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> Tensor:
-    """cos/sin tables of shape (2, seq_len, head_dim/2)."""
+    """Tables (cos, signed sin) of shape (2, seq_len, 1, 1, head_dim) for ``apply_rope``."""
     dims = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
     inv_freq = base ** (-dims / head_dim)
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    return torch.stack((angles.cos(), angles.sin()))
+    cos, sin = angles.cos(), angles.sin()
+    return torch.stack((torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)))[:, :, None, None]
 
 
 def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate pairs (first half, second half) of the head dimension; x is (B, H, L, Dh)."""
-    cos, sin = rope[0].to(x.dtype), rope[1].to(x.dtype)
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    """Rotate pairs (first half, second half) of the head dimension of x (B, L, ..., Dh):
+    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), written as x cos + swap(x) sin so that
+    autograd sees three ops."""
+    cos, sin = rope.to(x.dtype)
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 class Attention(nn.Module):
@@ -38,16 +54,13 @@ class Attention(nn.Module):
         self.n_heads = n_heads
         self.qkv = nn.Linear(d_model, 3 * d_model, bias=False)
         self.out = nn.Linear(d_model, d_model, bias=False)
-        head_dim = d_model // n_heads
-        self.q_norm = RMSNorm(head_dim)
-        self.k_norm = RMSNorm(head_dim)
+        self.qk_norm = QKNorm(d_model // n_heads)
 
     def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).unbind(2)
-        q = apply_rope(self.q_norm(q).transpose(1, 2), rope)
-        k = apply_rope(self.k_norm(k).transpose(1, 2), rope)
-        y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True)
+        qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)
+        q, k = apply_rope(self.qk_norm(qkv[:, :, :2]), rope).transpose(1, 3).unbind(2)
+        y = F.scaled_dot_product_attention(q, k, qkv[:, :, 2].transpose(1, 2), is_causal=True)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
