@@ -8,8 +8,9 @@ For each shape (preset x mu) both models train in one process, in lockstep (one 
 turn, so drifting machine load hits both alike), fp32 on the CPU, on the same data stream with
 the same AdamW settings, schedule and gradient clipping:
 
-- parcae:    ``train_throughput.bare_steps``, the plain PyTorch loop over this project's model
-             (eager: ``train.compile`` is off on CPU by default).
+- parcae:    ``train_throughput.bare_steps``, the plain PyTorch loop over this project's model,
+             eager (``train.compile`` is off on CPU by default) or, with ``--compile``, compiled
+             (the compile time falls in the warm-up steps, printed apart).
 - reference: the authors' ``Parcae`` model from their 140M recipe (``parcae-small-140m``: its
              RMSNorm, ReLU^2 MLP, value embeddings, init) with parcae's shape put in: widths,
              layers, vocabulary, tied embeddings, diagonal injection, like-init state, per-sequence
@@ -120,6 +121,9 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="parcae with train.compile=on (compile time in its warm-up steps, "
+                             "printed apart); the reference stays eager")
     parser.add_argument("--quick", action="store_true",
                         help="smoke check: tiny at mu 4, 2 rounds of 20 steps")
     args = parser.parse_args()
@@ -151,7 +155,7 @@ def main() -> None:
     for preset in args.presets.split(","):
         for mu in map(int, args.loops.split(",")):
             cfg = config(preset, mu, args.steps, args.batch, args.seq, args.threads,
-                         train={"device": "cpu"})
+                         train={"device": "cpu", "compile": "on" if args.compile else "off"})
             p = plan(cfg)
             ref = Parcae(reference_config(p, args.seq))
             ref_ve = sum(q.numel() for q in ref.value_embeds.parameters())
@@ -168,6 +172,7 @@ def main() -> None:
             if abs(gap) > SHAPE_TOLERANCE or embed != ref_embed:
                 sys.exit(f"shapes differ beyond {SHAPE_TOLERANCE:.0%}: not a like-for-like test")
             speed: dict[str, list[float]] = {"parcae": [], "reference": []}
+            warm: dict[str, list[float]] = {"parcae": [], "reference": []}
             for _ in range(args.rounds):
                 times: dict[str, list[float]] = {"parcae": [], "reference": []}
                 stats: dict[str, list[tuple[list[int], int]]] = {"parcae": [], "reference": []}
@@ -181,12 +186,14 @@ def main() -> None:
                 for name, seconds in times.items():
                     timed = seconds[WARMUP:]
                     speed[name].append(len(timed) * args.batch * args.seq / sum(timed))
+                    warm[name].append(sum(seconds[:WARMUP]))
             for name in speed:
                 depths = [d for ds, _ in stats[name] for d in ds]
                 loop = statistics.mean(x for _, x in stats[name])
                 print(f"  {name:>9}: {statistics.median(speed[name]):8.0f} tokens/s  "
                       f"mean depth {statistics.mean(depths):.2f}  (sequence, loop step) pairs/step "
-                      f"{loop:6.1f}  rounds: " + " ".join(f"{v:.0f}" for v in speed[name]))
+                      f"{loop:6.1f}  warm-up {statistics.median(warm[name]):5.1f} s  rounds: "
+                      + " ".join(f"{v:.0f}" for v in speed[name]))
             # per round: both models ran under the same load
             ratios = [a / b for a, b in zip(speed["parcae"], speed["reference"], strict=True)]
             print(f"  parcae/reference {statistics.median(ratios):.3f} (median of rounds: "

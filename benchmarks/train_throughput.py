@@ -24,7 +24,7 @@ against the Parcae reference model: ``reference_throughput.py``), monitor overhe
 measurements at their default cadence over the training step's time, the two timed
 alternately; goal < 3%) and MFU (accounted model FLOP/s, from parcae.compute, over the
 device's measured matmul peak, parcae.peak; a peak measured on a busy machine is low and
-cached: see README "Speed"). On a GPU it trains in bf16 autocast with fused AdamW, as the
+cached: see README "Speed"). On a GPU it trains in bf16 autocast, as the
 real path does there.
 """
 
@@ -174,7 +174,7 @@ def main() -> None:
     parser.add_argument("--loops", default="4,8")
     parser.add_argument("--steps", type=int, default=110,
                         help="optimizer steps per run (> 100 so the real path's monitors make "
-                             "their first Lipschitz estimate, at step 100)")
+                             "a Lipschitz estimate inside the timed steps, at step 100)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from parcae.compute import account
 from parcae.config import check
-from parcae.data import IGNORE_INDEX, exact_match
+from parcae.data import IGNORE_INDEX, Batch, exact_match
 from parcae.model import ModelConfig, build_model
 from parcae.model.blocks import RMSNorm
 from parcae.model.injection import Injection
@@ -171,6 +171,12 @@ class LoopedLMModule(L.LightningModule):
                            "tokens": float(tokens), "flops": tokens * self.flops_per_token},
                           on_step=True)
         return loss
+
+    def transfer_batch_to_device(self, batch: Batch, device: torch.device,
+                                 dataloader_idx: int) -> Batch:
+        """A batch is an (x, y) pair: moved as such, not by Lightning's walk over any
+        collection (~1% of a small model's step on CPU)."""
+        return Batch(*(t.to(device, non_blocking=True) for t in batch))
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch

@@ -54,7 +54,8 @@ class RMSNormFunction(torch.autograd.Function):
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm over the last dimension; ``weight`` broadcasts against x from the right (its
-    size-1 dimensions shared). Off the CPU, ``F.rms_norm``'s own fused backward is used."""
-    if x.device.type != "cpu":
+    size-1 dimensions shared). Off the CPU, where ``F.rms_norm`` has a fused backward, and
+    under ``torch.compile``, which fuses its decomposition, the built-in op is used."""
+    if x.device.type != "cpu" or torch.compiler.is_compiling():
         return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
     return RMSNormFunction.apply(x, weight, eps)

@@ -91,7 +91,8 @@ class ActiveRows(Schedule):
     @staticmethod
     def running(depths: list[int], t: int) -> int:
         """Sequences running at step t: those with T_i >= T_max - t."""
-        return sum(d >= max(depths) - t for d in depths)
+        start = max(depths) - t
+        return sum(d >= start for d in depths)
 
     def rows(self, depths: list[int], t: int) -> int:
         return max(self.running(depths, t), min(self.min_rows, len(depths)))
