@@ -262,3 +262,14 @@ def test_rms_norm_matches_torch_with_exact_gradients_and_tangents(x_shape, w_sha
     assert torch.autograd.gradcheck(norm, (x, w))
     assert torch.autograd.gradcheck(norm, (x, w), check_forward_ad=True, check_backward_ad=False,
                                     check_undefined_grad=False)
+
+
+def test_rms_norm_without_a_graph_is_the_same_norm():
+    from parcae.model.norm import rms_norm
+
+    x = torch.randn(3, 4, 2, 5, 8)
+    for w in (torch.randn(2, 1, 8), torch.randn(8)):  # QK-norm's weight and a plain one
+        recorded = rms_norm(x.clone().requires_grad_(), w, 1e-6)
+        assert recorded.grad_fn is not None
+        with torch.no_grad():
+            assert torch.allclose(rms_norm(x, w, 1e-6), recorded.detach(), atol=1e-6)

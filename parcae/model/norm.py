@@ -3,8 +3,8 @@
 Autograd differentiates ``F.rms_norm`` on CPU through its decomposition (pow, mean, rsqrt and
 two products: five backward nodes per norm); at the widths a study sweeps on CPU a step is
 bound by the number of ops, and the closed form below is one node: +2% tokens/s at tiny and
-small (``benchmarks``, LOG.md). It defines ``jvp`` for the monitors' forward-mode Lipschitz
-estimate.
+small (LOG.md), and 1% more with the built-in op where no graph is recorded. It defines
+``jvp`` for the monitors' forward-mode Lipschitz estimate.
 """
 
 from __future__ import annotations
@@ -54,8 +54,11 @@ class RMSNormFunction(torch.autograd.Function):
 
 def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     """RMSNorm over the last dimension; ``weight`` broadcasts against x from the right (its
-    size-1 dimensions shared). Off the CPU, where ``F.rms_norm`` has a fused backward, and
-    under ``torch.compile``, which fuses its decomposition, the built-in op is used."""
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
-        return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
-    return RMSNormFunction.apply(x, weight, eps)
+    size-1 dimensions shared). The written-out backward is used where it pays: on the CPU while
+    a graph is recorded. Elsewhere the built-in op: one fused kernel without a graph, a fused
+    backward off the CPU, a decomposition that ``torch.compile`` fuses."""
+    if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        return RMSNormFunction.apply(x, weight, eps)
+    if weight.dim() == 1:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    return F.rms_norm(x, (x.shape[-1],), None, eps) * weight
