@@ -139,7 +139,9 @@ def main() -> None:
               f"pip install {exc.name}", file=sys.stderr)
         sys.exit(2)
     import torch
-    from train_throughput import WARMUP, bare_steps, config  # this script's folder is on sys.path
+
+    # this script's folder is on sys.path
+    from train_throughput import WARMUP, bare_steps, config, steady
 
     from parcae.model import build_model
     from parcae.run import plan
@@ -184,9 +186,9 @@ def main() -> None:
                     stats["parcae"].append(ours_dx)
                     stats["reference"].append((ref_d, ref_x))
                 for name, seconds in times.items():
-                    timed = seconds[WARMUP:]
-                    speed[name].append(len(timed) * args.batch * args.seq / sum(timed))
-                    warm[name].append(sum(seconds[:WARMUP]))
+                    tps, warmup = steady(seconds, cfg)
+                    speed[name].append(tps)
+                    warm[name].append(warmup)
             for name in speed:
                 depths = [d for ds, _ in stats[name] for d in ds]
                 loop = statistics.mean(x for _, x in stats[name])

@@ -94,10 +94,14 @@ def lockstep(cfgs: dict[str, RunConfig]) -> dict[str, tuple[float, float | None]
         raise RuntimeError(result.error or "no training step ran after the warm-up")
     out: dict[str, tuple[float, float | None]] = {"real": (result.tokens_per_second, None)}
     for name, times in step.times.items():
-        timed, cfg = times[WARMUP:], cfgs[name]
-        out[name] = (len(timed) * cfg.data.batch_size * cfg.data.seq_len / sum(timed),
-                     sum(times[:WARMUP]))
+        out[name] = steady(times, cfgs[name])
     return out
+
+
+def steady(times: list[float], cfg: RunConfig) -> tuple[float, float]:
+    """(tokens/s over the steps after the warm-up, warm-up seconds) of a loop's step times."""
+    timed = times[WARMUP:]
+    return len(timed) * cfg.data.batch_size * cfg.data.seq_len / sum(timed), sum(times[:WARMUP])
 
 
 def bare_steps(cfg: RunConfig) -> Iterator[float]:

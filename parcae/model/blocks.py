@@ -10,9 +10,12 @@ from parcae.model.norm import rms_norm
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+    """RMSNorm over the last dimension, with a weight of ``shape`` (its last entry that
+    dimension; leading entries broadcast against the input from the right)."""
+
+    def __init__(self, *shape: int, eps: float = 1e-6) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
+        self.weight = nn.Parameter(torch.ones(shape))
         self.eps = eps
 
     def forward(self, x: Tensor) -> Tensor:
@@ -24,11 +27,7 @@ class QKNorm(RMSNorm):
     (query, key), each with its own weight over the head dimension."""
 
     def __init__(self, head_dim: int, eps: float = 1e-6) -> None:
-        super().__init__(head_dim, eps)
-        self.weight = nn.Parameter(torch.ones(2, 1, head_dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        super().__init__(2, 1, head_dim, eps=eps)
 
 
 def rope_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> Tensor:
