@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from parcae.model import INJECTIONS, ModelConfig, build_model
 from parcae.model.injection import Diagonal
+from parcae.model.looped import like_init
 from parcae.model.schedule import ActiveRows
 from parcae.monitor import lipschitz, token_correlation
 
@@ -273,3 +274,23 @@ def test_rms_norm_without_a_graph_is_the_same_norm():
         assert recorded.grad_fn is not None
         with torch.no_grad():
             assert torch.allclose(rms_norm(x, w, 1e-6), recorded.detach(), atol=1e-6)
+
+
+def test_like_init_state_is_a_normal_truncated_at_three_std_redrawn_each_forward():
+    from scipy import stats
+
+    std = 0.1
+    torch.manual_seed(0)
+    h0 = like_init(torch.empty(200_000), std)
+    truncated = stats.truncnorm(-3, 3, scale=std)
+    assert h0.abs().max() <= 3 * std
+    assert h0.std().item() == pytest.approx(truncated.std(), rel=0.01)
+    assert stats.kstest(h0.numpy(), truncated.cdf).pvalue > 1e-3
+    # the std check tells the truncation apart: an untruncated normal's is 1.4% larger
+    assert (torch.randn(200_000) * std).std().item() != pytest.approx(truncated.std(), rel=0.01)
+
+    model = build_model(replace(TINY, state_init="like-init", init_std=std))
+    x = torch.randint(0, 256, (2, 16))
+    (e, h_a, _), (_, h_b, _) = model.encode(x), model.encode(x)
+    assert not torch.equal(h_a, h_b) and h_a.shape == e.shape
+    assert torch.equal(build_model(TINY).encode(x)[1], torch.zeros_like(e))

@@ -57,9 +57,10 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope: Tensor) -> Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads)
-        q, k = apply_rope(self.qk_norm(qkv[:, :, :2]), rope).transpose(1, 3).unbind(2)
-        y = F.scaled_dot_product_attention(q, k, qkv[:, :, 2].transpose(1, 2), is_causal=True)
+        # split, not sliced: its backward joins the parts' gradients with no zero-filled buffer
+        qk, v = self.qkv(x).view(b, n, 3, self.n_heads, d // self.n_heads).split((2, 1), 2)
+        q, k = apply_rope(self.qk_norm(qk), rope).transpose(1, 3).unbind(2)
+        y = F.scaled_dot_product_attention(q, k, v.squeeze(2).transpose(1, 2), is_causal=True)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
 
