@@ -273,7 +273,10 @@ def test_rms_norm_without_a_graph_is_the_same_norm():
         recorded = rms_norm(x.clone().requires_grad_(), w, 1e-6)
         assert recorded.grad_fn is not None
         with torch.no_grad():
-            assert torch.allclose(rms_norm(x, w, 1e-6), recorded.detach(), atol=1e-6)
+            plain = rms_norm(x, w, 1e-6)
+            expected = torch.nn.functional.rms_norm(x, (8,), None, 1e-6) * w
+            assert torch.allclose(plain, recorded.detach(), atol=1e-6)
+            assert torch.allclose(plain, expected, atol=1e-6)
 
 
 def test_like_init_state_is_a_normal_truncated_at_three_std_redrawn_each_forward():
