@@ -47,7 +47,7 @@ class ModelConfig:
     bound_b: bool = False
     """Spectrally normalise B (||B||_2 = 1) in the diagonal injection."""
     state_init: Literal["like-init", "zero"] = "like-init"
-    """h_0: truncated normal with std init_std redrawn each forward, or zeros."""
+    """h_0: Normal(0, init_std^2) cut at +-3 init_std, redrawn each forward; or zeros."""
     init_std: float = 0.02
     """Std of weight init and of the like-init state."""
     a_bar_init: float = 0.4472135954999579

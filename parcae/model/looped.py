@@ -14,7 +14,7 @@ from parcae.model.schedule import ActiveRows, AllRows
 
 SQRT2 = math.sqrt(2.0)
 TRUNCATION = 3.0
-"""The like-init state is cut at +-3 std, as the weight init of the reference is."""
+"""The like-init state is cut at +-3 std, as the Parcae reference draws it."""
 
 
 def like_init(e: Tensor, std: float) -> Tensor:
