@@ -297,3 +297,20 @@ def test_like_init_state_is_a_normal_truncated_at_three_std_redrawn_each_forward
     (e, h_a, _), (_, h_b, _) = model.encode(x), model.encode(x)
     assert not torch.equal(h_a, h_b) and h_a.shape == e.shape
     assert torch.equal(build_model(TINY).encode(x)[1], torch.zeros_like(e))
+
+
+def test_gelu_with_its_slope_from_the_forward_is_torchs_gelu():
+    from parcae.model.gelu import gelu
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 8, 16, requires_grad=True)
+    g = torch.randn(4, 8, 16)
+    y = gelu(x)
+    assert y.grad_fn is not None and "Gelu" in type(y.grad_fn).__name__
+    (ours,) = torch.autograd.grad(y, x, g)
+    (torchs,) = torch.autograd.grad(torch.nn.functional.gelu(x), x, g)
+    assert torch.equal(y, torch.nn.functional.gelu(x)) and torch.allclose(ours, torchs, atol=1e-7)
+    xd = x.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(gelu, (xd,))
+    assert torch.autograd.gradcheck(gelu, (xd,), check_forward_ad=True, check_backward_ad=False,
+                                    check_undefined_grad=False)

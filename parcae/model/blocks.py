@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from parcae.model.gelu import gelu
 from parcae.model.norm import rms_norm
 
 
@@ -71,7 +72,7 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(F.gelu(self.up(x)))
+        return self.out(gelu(self.up(x)))
 
 
 class Block(nn.Module):
