@@ -37,8 +37,9 @@ class GeluFunction(torch.autograd.Function):
 
 
 def gelu(x: Tensor) -> Tensor:
-    """Exact (erf) GELU: the function above on the CPU while a graph is recorded, the built-in
-    op elsewhere (no graph; a GPU, where the backward kernel is not slow; ``torch.compile``)."""
+    """Exact (erf) GELU: the function above on the CPU while a graph is recorded; elsewhere the
+    built-in op (no graph to save for; off the CPU, since the slowdown was measured on the CPU
+    only; under ``torch.compile``, which fuses it)."""
     if x.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return GeluFunction.apply(x)
     return F.gelu(x)
