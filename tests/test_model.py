@@ -220,7 +220,7 @@ def test_lipschitz_estimate_is_the_jacobians_largest_singular_value():
 
 
 def test_rope_rotates_pairs_and_scores_depend_on_relative_position():
-    from parcae.model.blocks import apply_rope, rope_tables
+    from parcae.model.rope import apply_rope, rope_tables
 
     torch.manual_seed(0)
     rope = rope_tables(12, 8, 10_000.0, torch.device("cpu")).double()
@@ -228,12 +228,28 @@ def test_rope_rotates_pairs_and_scores_depend_on_relative_position():
     at = lambda v, pos: apply_rope(v.expand(1, 12, 1, 1, 8), rope)[0, pos, 0, 0]  # noqa: E731
     assert torch.allclose(at(q, 0), q.flatten())  # position 0 is not rotated
     assert at(q, 5).norm() == pytest.approx(q.norm().item())
-    # (first half, second half) pairs rotate by position * frequency
-    x1, x2 = q.flatten()[:4], q.flatten()[4:]
+    # adjacent pairs (x_2j, x_2j+1) rotate by position * frequency_j
+    even, odd = q.flatten()[0::2], q.flatten()[1::2]
     angle = 3 * 10_000.0 ** (-torch.arange(0, 8, 2, dtype=torch.double) / 8)
-    rotated = torch.cat((x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()))
+    rotated = torch.stack((even * angle.cos() - odd * angle.sin(),
+                           odd * angle.cos() + even * angle.sin()), -1).flatten()
     assert torch.allclose(at(q, 3), rotated)
     assert (at(q, 7) @ at(k, 4)).item() == pytest.approx((at(q, 5) @ at(k, 2)).item())
+
+
+def test_rope_complex_product_on_cpu_equals_the_real_rotation_used_elsewhere():
+    from parcae.model.rope import apply_rope, rope_tables, rotate_real
+
+    torch.manual_seed(0)
+    rope = rope_tables(16, 32, 10_000.0, torch.device("cpu"))
+    x = torch.randn(3, 16, 2, 2, 32, requires_grad=True)
+    g = torch.randn(3, 16, 2, 2, 32)
+    ours, real = apply_rope(x, rope), rotate_real(x, rope)
+    assert type(ours.grad_fn.next_functions[0][0]).__name__ == "ViewAsRealBackward0"
+    assert torch.allclose(ours, real, atol=1e-6)
+    (g_ours,), (g_real,) = (torch.autograd.grad(y, x, g) for y in (ours, real))
+    assert torch.allclose(g_ours, g_real, atol=1e-6)
+    assert torch.allclose(apply_rope(x.bfloat16(), rope).float(), real, atol=0.1)  # bf16: real
 
 
 def test_qk_norm_normalizes_queries_and_keys_with_their_own_weights():
@@ -299,18 +315,21 @@ def test_like_init_state_is_a_normal_truncated_at_three_std_redrawn_each_forward
     assert torch.equal(build_model(TINY).encode(x)[1], torch.zeros_like(e))
 
 
-def test_gelu_with_its_slope_from_the_forward_is_torchs_gelu():
-    from parcae.model.gelu import gelu
+def test_mlp_node_on_cpu_equals_the_built_in_ops():
+    from parcae.model.mlp import mlp
 
     torch.manual_seed(0)
     x = torch.randn(4, 8, 16, requires_grad=True)
+    w_up, w_out = torch.randn(64, 16, requires_grad=True), torch.randn(16, 64, requires_grad=True)
     g = torch.randn(4, 8, 16)
-    y = gelu(x)
-    assert y.grad_fn is not None and "Gelu" in type(y.grad_fn).__name__
-    (ours,) = torch.autograd.grad(y, x, g)
-    (torchs,) = torch.autograd.grad(torch.nn.functional.gelu(x), x, g)
-    assert torch.equal(y, torch.nn.functional.gelu(x)) and torch.allclose(ours, torchs, atol=1e-7)
-    xd = x.detach().double().requires_grad_()
-    assert torch.autograd.gradcheck(gelu, (xd,))
-    assert torch.autograd.gradcheck(gelu, (xd,), check_forward_ad=True, check_backward_ad=False,
+    y = mlp(x, w_up, w_out)
+    assert y.grad_fn is not None and "MLPFunction" in type(y.grad_fn).__name__
+    plain = torch.nn.functional.linear(torch.nn.functional.gelu(x @ w_up.t()), w_out)
+    assert torch.allclose(y, plain, atol=1e-5)
+    ours, torchs = (torch.autograd.grad(v, (x, w_up, w_out), g) for v in (y, plain))
+    for a, b in zip(ours, torchs, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-4)
+    args = tuple(t.detach().double().requires_grad_() for t in (x[:2, :3], w_up, w_out))
+    assert torch.autograd.gradcheck(mlp, args)
+    assert torch.autograd.gradcheck(mlp, args, check_forward_ad=True, check_backward_ad=False,
                                     check_undefined_grad=False)

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from parcae.model.gelu import gelu
+from parcae.model.mlp import mlp
 from parcae.model.norm import rms_norm
+from parcae.model.rope import apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -29,23 +30,6 @@ class QKNorm(RMSNorm):
 
     def __init__(self, head_dim: int, eps: float = 1e-6) -> None:
         super().__init__(2, 1, head_dim, eps=eps)
-
-
-def rope_tables(seq_len: int, head_dim: int, base: float, device: torch.device) -> Tensor:
-    """Tables (cos, signed sin) of shape (2, seq_len, 1, 1, head_dim) for ``apply_rope``."""
-    dims = torch.arange(0, head_dim, 2, device=device, dtype=torch.float32)
-    inv_freq = base ** (-dims / head_dim)
-    angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)
-    cos, sin = angles.cos(), angles.sin()
-    return torch.stack((torch.cat((cos, cos), -1), torch.cat((-sin, sin), -1)))[:, :, None, None]
-
-
-def apply_rope(x: Tensor, rope: Tensor) -> Tensor:
-    """Rotate pairs (first half, second half) of the head dimension of x (B, L, ..., Dh):
-    (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), written as x cos + swap(x) sin so that
-    autograd sees three ops."""
-    cos, sin = rope.to(x.dtype)
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 class Attention(nn.Module):
@@ -72,7 +56,7 @@ class MLP(nn.Module):
         self.out = nn.Linear(hidden, d_model, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.out(gelu(self.up(x)))
+        return mlp(x, self.up.weight, self.out.weight)
 
 
 class Block(nn.Module):

@@ -7,9 +7,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from parcae.model.blocks import RMSNorm, Stack, rope_tables
+from parcae.model.blocks import RMSNorm, Stack
 from parcae.model.config import ModelConfig
 from parcae.model.injection import Drive, build_injection
+from parcae.model.rope import rope_tables
 from parcae.model.schedule import ActiveRows, AllRows
 
 SQRT2 = math.sqrt(2.0)
