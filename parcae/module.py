@@ -165,12 +165,20 @@ class LoopedLMModule(L.LightningModule):
             tokens = (self.global_step + 1) * x.numel() * self.trainer.world_size
             if self.flops_per_token is None:
                 self.flops_per_token = account(self.model.cfg, x.shape[1]).flops_per_token
-            self.log_dict({"train/loss": loss.detach(),
-                           "train/mean_depth": float(steps.float().mean()),
-                           "train/lr": self.lr_schedulers().get_last_lr()[0],
-                           "tokens": float(tokens), "flops": tokens * self.flops_per_token},
-                          on_step=True)
+            self.log_curves({"train/loss": float(loss),
+                             "train/mean_depth": float(steps.float().mean()),
+                             "train/lr": self.lr_schedulers().get_last_lr()[0],
+                             "tokens": float(tokens), "flops": tokens * self.flops_per_token})
         return loss
+
+    def log_curves(self, metrics: dict[str, float]) -> None:
+        """Training curves, straight to the logger at the step this optimizer step completes
+        (the step of the monitors' and the final metrics; tokens = step x batch tokens).
+        Lightning's ``self.log`` held each value until its own ``log_every_n_steps`` gate, a
+        step off ours: step 0's values were logged as step 9. Its bookkeeping also cost 1% of
+        a tiny step (LOG.md, 2026-12-05)."""
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=self.global_step + 1)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device,
                                  dataloader_idx: int) -> Batch:
@@ -192,7 +200,7 @@ class LoopedLMModule(L.LightningModule):
             # skip this update so the weights recorded with the divergence stay finite
             optimizer.zero_grad(set_to_none=False)
         if self.global_step % self.cfg.log_every == 0:
-            self.log("train/grad_norm", self.last_grad_norm, on_step=True)
+            self.log_curves({"train/grad_norm": self.last_grad_norm})
 
     def configure_model(self) -> None:
         """Compile the core once the device is known (``TrainConfig.compile``)."""

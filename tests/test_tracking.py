@@ -77,7 +77,8 @@ def test_train_shows_progress_and_where_the_run_went(tmp_path, monkeypatch, caps
     uri = f"sqlite:///{tmp_path / 'reports' / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main([*FAST, "--set", "data.source=addition", "--set", "data.seq_len=256",
-                 "--set", "train.tokens=10240", "--out", "out"]) in (0, 1)
+                 "--set", "train.tokens=10240", "--set", "train.log_every=3",
+                 "--out", "out"]) in (0, 1)
     captured = capsys.readouterr()
     summary = json.loads(captured.out)
     err = captured.err
@@ -106,6 +107,9 @@ def test_train_shows_progress_and_where_the_run_went(tmp_path, monkeypatch, caps
     assert len(tokens) >= 4 and loss_steps <= set(tokens) and set(flops) == set(tokens)
     values = [tokens[s] for s in sorted(tokens)]
     assert values == sorted(values) and values[-1] == summary["tokens"]
+    per_step = summary["tokens"] / max(tokens)  # each curve point logged at its own step
+    assert all(value == step * per_step for step, value in tokens.items())
+    assert min(loss_steps) == 1
     assert flops[max(flops)] == pytest.approx(summary["flops"])
 
 
