@@ -149,9 +149,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"cpu threads={args.threads} batch={args.batch}x{args.seq} steps/run={args.steps} "
           f"(first {WARMUP} untimed) rounds={args.rounds}; reference at {args.reference}")
-    print("differences (reference vs parcae): MLP ReLU^2 vs GELU; value-embedding tables with "
-          "gates vs none; parameter-free vs learnable QK-norm; separate vs fused q/k/v; "
-          "RMSNorm in Python ops vs one with a written-out gradient on CPU; "
+    print("differences (reference vs parcae): MLP ReLU^2 vs GELU (one autograd node on CPU); "
+          "value-embedding tables with gates vs none; parameter-free vs learnable QK-norm; "
+          "separate vs fused q/k/v; RMSNorm in Python ops vs one with a written-out gradient "
+          "on CPU; RoPE on the same adjacent pairs in real ops vs one complex product on CPU; "
           "'scaled-zero' orthogonal vs normal init; RoPE base 50000 vs 10000; loop steps on "
           "every sequence for max_i T_i vs on the running ones", flush=True)
     for preset in args.presets.split(","):
