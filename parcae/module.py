@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import statistics
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -151,7 +152,13 @@ class LoopedLMModule(L.LightningModule):
         # under the model's schedule (parcae.model.schedule): executed, not expected
         self.loop_steps: dict[str, int] = {"grad": 0, "nograd": 0}
         self.compiled = False
-        self.flops_per_token: float | None = None  # planned (parcae.compute), for the curves
+        # tokens per optimizer step (all ranks) and planned FLOPs per token (parcae.compute):
+        # the curves' x-axes, set by the first training step
+        self.step_tokens = 0
+        self.flops_per_token: float | None = None
+        self.val_batches: list[tuple[float, float]] = []
+        self.val_loss: float | None = None
+        """Mean loss of the latest validation pass."""
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -160,25 +167,29 @@ class LoopedLMModule(L.LightningModule):
         grad, nograd = self.model.schedule.executed(steps.tolist(), self.model.cfg.mu_bwd)
         self.loop_steps = {"grad": self.loop_steps["grad"] + grad,
                            "nograd": self.loop_steps["nograd"] + nograd}
+        if not self.step_tokens:
+            self.step_tokens = x.numel() * self.trainer.world_size
+            self.flops_per_token = account(self.model.cfg, x.shape[1]).flops_per_token
         if self.global_step % self.cfg.log_every == 0:
-            # tokens and FLOPs so far: x-axes on which runs of other batch sizes or depths overlay
-            tokens = (self.global_step + 1) * x.numel() * self.trainer.world_size
-            if self.flops_per_token is None:
-                self.flops_per_token = account(self.model.cfg, x.shape[1]).flops_per_token
-            self.log_curves({"train/loss": float(loss),
+            self.log_curves({"train/loss": loss.detach().item(),
                              "train/mean_depth": float(steps.float().mean()),
-                             "train/lr": self.lr_schedulers().get_last_lr()[0],
-                             "tokens": float(tokens), "flops": tokens * self.flops_per_token})
+                             "train/lr": self.lr_schedulers().get_last_lr()[0]},
+                            self.global_step + 1)
         return loss
 
-    def log_curves(self, metrics: dict[str, float]) -> None:
-        """Training curves, straight to the logger at the step this optimizer step completes
-        (the step of the monitors' and the final metrics; tokens = step x batch tokens).
-        Lightning's ``self.log`` held each value until its own ``log_every_n_steps`` gate, a
-        step off ours: step 0's values were logged as step 9. Its bookkeeping also cost 1% of
-        a tiny step (LOG.md, 2026-12-05)."""
+    def log_curves(self, metrics: dict[str, float], step: int, axes: bool = True) -> None:
+        """Curves straight to the logger, at ``step`` = optimizer steps completed (the step of
+        the monitors' and the final metrics), with the tokens and FLOPs trained by then: the
+        x-axes on which runs of other batch sizes or depths overlay. Lightning's ``self.log``
+        held each training value until its own ``log_every_n_steps`` gate, a step off ours
+        (step 0's values were logged as step 9), and logged validation one step early; its
+        bookkeeping also cost 1% of a tiny step (LOG.md, 2026-12-05)."""
         if self.logger is not None:
-            self.logger.log_metrics(metrics, step=self.global_step + 1)
+            tokens = step * self.step_tokens
+            if axes:  # the grad norm shares its step with the loss, which logs them
+                metrics = {**metrics, "tokens": float(tokens),
+                           "flops": tokens * (self.flops_per_token or 0.0)}
+            self.logger.log_metrics(metrics, step)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device,
                                  dataloader_idx: int) -> Batch:
@@ -186,12 +197,24 @@ class LoopedLMModule(L.LightningModule):
         collection (~1% of a small model's step on CPU)."""
         return Batch(*(t.to(device, non_blocking=True) for t in batch))
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_batches = []
+
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x, self.model.cfg.loops if self.model.cfg.looped else 1)
-        self.log("val/loss", lm_loss(logits, y), on_epoch=True)
+        self.val_batches.append((lm_loss(logits, y).item(),
+                                 exact_match(logits, y).float().mean().item()))
+
+    def on_validation_epoch_end(self) -> None:
+        """Mean validation loss (and answer accuracy) over the fixed validation batches; under
+        DDP every rank validates on all of them, so the ranks agree."""
+        losses, accuracies = zip(*self.val_batches, strict=True)
+        self.val_loss = statistics.fmean(losses)
+        metrics = {"val/loss": self.val_loss}
         if self.answers:
-            self.log("val/accuracy", exact_match(logits, y).float().mean(), on_epoch=True)
+            metrics["val/accuracy"] = statistics.fmean(accuracies)
+        self.log_curves(metrics, self.global_step)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         clip = self.cfg.grad_clip or math.inf
@@ -200,7 +223,8 @@ class LoopedLMModule(L.LightningModule):
             # skip this update so the weights recorded with the divergence stay finite
             optimizer.zero_grad(set_to_none=False)
         if self.global_step % self.cfg.log_every == 0:
-            self.log_curves({"train/grad_norm": self.last_grad_norm})
+            self.log_curves({"train/grad_norm": self.last_grad_norm}, self.global_step + 1,
+                            axes=False)
 
     def configure_model(self) -> None:
         """Compile the core once the device is known (``TrainConfig.compile``)."""

@@ -280,8 +280,6 @@ def fit(cfg: RunConfig, p: Plan, source: DataSource, val: list[Batch], logger: A
     # code are noise in sweeps of many runs
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
-    # under DDP every rank validates on the same batches: their epoch-level values agree
-    warnings.filterwarnings("ignore", message=r"It is recommended to use `self.log\(")
     module = LoopedLMModule(p.model, train, p.steps, answers=source.answer_only)
     monitor = StabilityMonitor(cfg.monitor, p.model.loops if p.model.looped else 1)
     clock = StepClock()

@@ -45,8 +45,8 @@ class TrainProgress(L.Callback):
         self.progress.update(trainer.global_step * self.per_step, loss=float(loss))
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if self.progress is not None and "val/loss" in trainer.callback_metrics:
-            self.progress.fields["val_loss"] = float(trainer.callback_metrics["val/loss"])
+        if self.progress is not None and getattr(pl_module, "val_loss", None) is not None:
+            self.progress.fields["val_loss"] = pl_module.val_loss
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.progress is not None:

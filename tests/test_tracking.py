@@ -110,6 +110,8 @@ def test_train_shows_progress_and_where_the_run_went(tmp_path, monkeypatch, caps
     per_step = summary["tokens"] / max(tokens)  # each curve point logged at its own step
     assert all(value == step * per_step for step, value in tokens.items())
     assert min(loss_steps) == 1
+    val_steps = {m.step for m in client.get_metric_history(run.info.run_id, "val/loss")}
+    assert val_steps == {5, 10} and val_steps <= set(tokens)  # val_every 5, 10 steps
     assert flops[max(flops)] == pytest.approx(summary["flops"])
 
 
