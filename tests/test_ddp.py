@@ -16,7 +16,7 @@ from parcae.sweep import trial_configs
 # 100 steps of 8 x 32 bytes at a high rate leave the unigram plateau (as in test_train)
 RUN = {"data": {"source": "pydoc", "seq_len": 32, "batch_size": 8},
        "train": {"tokens": 25600, "lr": 2e-2, "val_every": 50, "val_batches": 2, "threads": 2},
-       "model": {"loops": 2},
+       "model": {"loops": 2, "state_init": "zero"},
        "monitor": {"every": 10, "lipschitz_every": 0},
        "tracking": {"enabled": False}}
 
@@ -34,9 +34,11 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, monkeypatch):
     stored = Result.read(tmp_path / "two" / "result.json")
     assert stored.status == two.status == "ok" and stored.config["train"]["devices"] == 2
     assert stored.learned and stored.val_loss < 3.6  # byte-level start: ln 256 = 5.55 nats
-    # the global batch is split, with the single-device run's data and depths; only the random
-    # initial loop states differ (each rank draws its rows from the same seeded generator)
-    assert stored.val_loss == pytest.approx(one.val_loss, abs=0.1)
+    # the global batch is split, with the single-device run's data and depths; zero initial
+    # loop states leave only the order of float sums to differ (random ones would differ too:
+    # each rank draws its rows from the same seeded generator, and 100 steps at this rate
+    # turn that into val losses up to 0.13 apart)
+    assert stored.val_loss == pytest.approx(one.val_loss, abs=0.02)
     assert stored.tokens == one.tokens and stored.flops_executed == one.flops_executed
     assert len(stored.trace) == len(one.trace) and stored.tokens_per_second > 0
 
