@@ -341,7 +341,8 @@ class StabilityMonitor(L.Callback):
         lipschitz_due = bool(every) and (step == 1 or step % every == 0) and not alarm
         with torch.compiler.set_stance("force_eager"):  # a compiled core: no compiles for this
             metrics = self.measure(pl_module.model, x[: self.cfg.sample], lipschitz_due)
-        row = {"step": float(step), "tokens": float(step * x.numel()), "loss": loss,
+        tokens = step * x.numel() * trainer.world_size  # x is this rank's share of the batch
+        row = {"step": float(step), "tokens": float(tokens), "loss": loss,
                **({} if grad is None else {"grad_norm": grad}), **metrics,
                "loss_spikes": float(self.spikes)}
         self.history.append(row)

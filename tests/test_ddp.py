@@ -41,6 +41,7 @@ def test_two_processes_train_the_same_run_as_one(tmp_path, monkeypatch):
     assert stored.val_loss == pytest.approx(one.val_loss, abs=0.02)
     assert stored.tokens == one.tokens and stored.flops_executed == one.flops_executed
     assert len(stored.trace) == len(one.trace) and stored.tokens_per_second > 0
+    assert [r["tokens"] for r in stored.trace] == [r["tokens"] for r in one.trace]
 
 
 def grid(gpus: float) -> dict:
