@@ -49,8 +49,10 @@ def parametric(params: dict, samples: np.ndarray | None, at: list[float]) -> dic
     for c in at:
         _, _, n, d = _chinchilla(point, c)
         sn, sd = (None, None) if samples is None else _chinchilla(samples, c)[2:]
+        with np.errstate(all="ignore"):  # replicates with N_opt 0 or inf: dropped by _stat
+            ratio = d / n, None if samples is None else sd / sn
         rows.append({"flops": c, "N_opt": _stat(n, sn), "D_opt": _stat(d, sd),
-                     "tokens_per_param": _stat(d / n, None if samples is None else sd / sn)})
+                     "tokens_per_param": _stat(*ratio)})
     return {"assumes": "C = 6 N D", "a": _stat(a, sa), "b": _stat(b, sb), "at_budgets": rows}
 
 
