@@ -156,7 +156,8 @@ class LoopedLMModule(L.LightningModule):
         # the curves' x-axes, set by the first training step
         self.step_tokens = 0
         self.flops_per_token: float | None = None
-        self.val_batches: list[tuple[float, float]] = []
+        self.val_batches: list[tuple[float, float | None]] = []
+        """(loss, answer accuracy or None without answers) of each batch of this validation."""
         self.val_loss: float | None = None
         """Mean loss of the latest validation pass."""
 
@@ -203,8 +204,8 @@ class LoopedLMModule(L.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self.model(x, self.model.cfg.loops if self.model.cfg.looped else 1)
-        self.val_batches.append((lm_loss(logits, y).item(),
-                                 exact_match(logits, y).float().mean().item()))
+        accuracy = exact_match(logits, y).float().mean().item() if self.answers else None
+        self.val_batches.append((lm_loss(logits, y).item(), accuracy))
 
     def on_validation_epoch_end(self) -> None:
         """Mean validation loss (and answer accuracy) over the fixed validation batches; under
