@@ -67,6 +67,20 @@ def test_depth_calls_a_difference_only_beyond_the_seed_spread(tmp_path: Path) ->
     assert "falls short of iso-FLOP beyond the seed spread" in f.sentence
 
 
+def test_a_looped_injection_without_its_own_single_pass_runs_names_the_stand_in(
+        tmp_path: Path) -> None:
+    runs = depth_runs()
+    runs += [{**r, "run_id": r["run_id"] + "-none", "trial": r["trial"] + "-none",
+              "injection": "none"} for r in runs if r["injection"] == "diagonal"
+             and r["loops"] == 4]
+    found = {f.numbers["injection"]: f for f in findings.depth(load(write_table(tmp_path,
+                                                                                runs)).runs)}
+    assert "iso-parameter 2⊗1 0.42" in found["diagonal"].sentence
+    assert found["diagonal"].numbers["iso-parameter"]["injection"] == "diagonal"
+    assert "iso-parameter 2⊗1 (diagonal) 0.42" in found["none"].sentence
+    assert found["none"].numbers["iso-parameter"]["label"] == "2⊗1 (diagonal)"
+
+
 def test_one_seed_calls_nothing() -> None:
     assert compare(Stat.of([0.9]), Stat.of([0.1]), True) == "unjudged"
     assert compare(Stat.of([0.9, 0.92]), Stat.of([0.1, 0.12]), True) == "better"

@@ -126,6 +126,7 @@ def depth(runs: list[Row]) -> list[Finding]:
                      and number(r, "core_layers") == k]
         if any(r.get("injection") == injection for r in iso_param):
             iso_param = [r for r in iso_param if r.get("injection") == injection]
+        # else the single-pass runs of other injections stand in, and their labels say so
         iso_flop = [r for r in same if role(r) == "iso-FLOP"
                     and number(r, "effective_depth") == k * loops]
         if iso_param or iso_flop:
@@ -138,8 +139,10 @@ def depth(runs: list[Row]) -> list[Finding]:
 def _depth_finding(where: dict, k: float, loops: float, injection: str, arm: list[Row],
                    iso_param: list[Row], iso_flop: list[Row], column: str, words: str,
                    higher: bool) -> Finding:
-    arms = {"looped": (depth_label(k, loops), arm), "iso-parameter": (depth_label(k, 1),
-                                                                       iso_param),
+    stand_in = sorted({r.get("injection", "") for r in iso_param} - {injection}) \
+        if injection else []
+    param_label = depth_label(k, 1) + (f" ({', '.join(stand_in)})" if stand_in else "")
+    arms = {"looped": (depth_label(k, loops), arm), "iso-parameter": (param_label, iso_param),
             "iso-FLOP": (depth_label(k * loops, 1), iso_flop)}
     stats = {name: Stat.of(number(r, column) for r in rs) for name, (_, rs) in arms.items()}
     inj = f" ({injection})" if injection else ""
@@ -161,7 +164,9 @@ def _depth_finding(where: dict, k: float, loops: float, injection: str, arm: lis
     for name, (label, rs) in arms.items():
         if rs:
             numbers[name] = {"label": label, **stats[name].record(),
-                             "learned_nothing": _learned_nothing(rs)}
+                             "learned_nothing": _learned_nothing(rs),
+                             "injection": ", ".join(sorted({r.get("injection", "")
+                                                            for r in rs}))}
     sentence = (f"Effective depth {k * loops:g}{at}: " + ", ".join(parts)
                 + f" ({spread_note(s.n for s in stats.values() if s.n)})")
     if verdicts:

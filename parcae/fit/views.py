@@ -179,9 +179,10 @@ def depth(study: Study) -> Figure | str:
         n = f.numbers
         where = ", ".join(f"{c} {n[c]}" for c in ("source", "tokens") if c in n)
         for name in _ROLES:
-            if n.get(name):
-                series[(name, n["injection"] if name != "iso-FLOP" else "", where)].append(
-                    (n["effective_depth"], n[name]))
+            if n.get(name):  # several injections: each arm under its runs' own injection
+                injection = n[name]["injection"] if n["injection"] and name != "iso-FLOP" else ""
+                series[(name, injection, where)].append((n["effective_depth"], n[name]))
+    injections = sorted({injection for _, injection, _ in series if injection})
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     for (name, injection, where), points in series.items():
         points = sorted({x: p for x, p in points}.items())  # iso-parameter repeats per L
@@ -190,7 +191,10 @@ def depth(study: Study) -> Figure | str:
         err = np.nan_to_num([p[1]["sd"] for p in points])
         marker, line, color, offset, legend = _ROLES[name]
         label = " ".join(s for s in (legend, injection, where and f"({where})") if s)
-        ax.errorbar(x, y, yerr=err, fmt=marker + line, color=color, capsize=3, label=label)
+        # one colour per role; past the first injection, hollow markers tell them apart
+        hollow = injection and injections.index(injection) > 0
+        ax.errorbar(x, y, yerr=err, fmt=marker + line, color=color, capsize=3, label=label,
+                    markerfacecolor="white" if hollow else color)
         for xi, yi, (_, p) in zip(x, y, points, strict=True):
             ax.annotate(p["label"], (xi, yi), textcoords="offset points", xytext=offset,
                         fontsize=7, color=color)
