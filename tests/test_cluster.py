@@ -173,7 +173,16 @@ def private_machine(work: Path) -> Path:
     subprocess.run(["mount", "--bind", str(work), str(mnt)], check=True)
     for folder in ("home", "tmp", "run"):
         (mnt / folder).mkdir()
+    # a checkout or environment under /tmp (a clone into mktemp -d) stays at its path
+    under_tmp = [p for p in (ROOT, Path(sys.prefix)) if Path("/tmp") in p.parents]
+    kept = [p for p in under_tmp if not any(q in p.parents for q in under_tmp)]
+    for i, path in enumerate(kept):
+        (mnt / f"kept{i}").mkdir()
+        subprocess.run(["mount", "--bind", str(path), str(mnt / f"kept{i}")], check=True)
     subprocess.run(["mount", "--bind", str(mnt / "tmp"), "/tmp"], check=True)
+    for i, path in enumerate(kept):
+        path.mkdir(parents=True)
+        subprocess.run(["mount", "--bind", str(mnt / f"kept{i}"), str(path)], check=True)
     subprocess.run(["mount", "--bind", str(mnt / "run"), "/run"], check=True)
     # root's home is the work folder's (python itself may live in the real one)
     passwd = mnt / "passwd"
